@@ -259,14 +259,46 @@ class GatedCell(NormalizedCell):
         self.cell_gamma = self.add_gamma("cell_gamma", self.units)
         self.cell_beta = self.add_beta("cell_beta", self.units)
 
-    def lstm_update(self, z, c, normalize_cell):
-        """The LSTM state update from the gate pre-activations `z` (order i, f, g, o):
-        `c' = σ(f)·c + σ(i)·tanh(g)`, `h' = σ(o)·tanh(N(c'))`; `c'` is carried raw."""
+    def lstm_gates(self, z, c):
+        """The LSTM's gates from their pre-activations `z` (order i, f, g, o) and the new
+        cell state `c' = σ(f)·c + σ(i)·tanh(g)` (carried raw); returns `(gates, c')`
+        with `gates = [σ(i), σ(f), tanh(g), σ(o)]`."""
         i, f, g, o = ops.split(z, 4, axis=-1)
         sigma, tanh = self.recurrent_activation, self.activation
-        c_new = sigma(f) * c + sigma(i) * tanh(g)
-        h_new = sigma(o) * tanh(normalize_cell(c_new))
-        return h_new, c_new
+        i, f, g, o = sigma(i), sigma(f), tanh(g), sigma(o)
+        return ops.concatenate([i, f, g, o], axis=-1), f * c + i * g
+
+    def lstm_output(self, gates, normalized_cell):
+        """`h' = σ(o)·tanh(N(c'))`; returns `(h', tanh(N(c')))`."""
+        cell_output = self.activation(normalized_cell)
+        return gates[..., 3 * self.units :] * cell_output, cell_output
+
+    def supports_fused_loop(self):
+        """The hand-written step derivatives assume the default activations."""
+        return (
+            self.activation is activations.tanh
+            and self.recurrent_activation is activations.sigmoid
+        )
+
+
+def lstm_output_backward(dh, gates, cell_output):
+    """Backward of `lstm_output`: `(d_o, d_n)`, the gradients of the output gate (after
+    its sigmoid) and of the normalized cell state `n` (before its tanh)."""
+    units = ops.shape(cell_output)[-1]
+    o = gates[..., 3 * units :]
+    return dh * cell_output, dh * o * (1.0 - ops.square(cell_output))
+
+
+def lstm_gates_backward(dc, d_o, gates, c):
+    """Backward of `lstm_gates` (sigmoid and tanh): `(dz, dc_prev)` from the gradient of
+    `c'` and of the output gate."""
+    i, f, g, o = ops.split(gates, 4, axis=-1)
+    dz = ops.concatenate(
+        [dc * g * i * (1.0 - i), dc * c * f * (1.0 - f), dc * i * (1.0 - ops.square(g)),
+         d_o * o * (1.0 - o)],
+        axis=-1,
+    )
+    return dz, dc * f
 
     def gru_update(self, input_term, recurrent_term, h):
         """The GRU update (`reset_after` form) from the normalized, biased input term and
@@ -353,6 +385,58 @@ class NormalizedRNN(keras.layers.RNN):
             zero_output_for_mask=self.zero_output_for_mask,
             return_all_outputs=return_all_outputs,
         )
+
+    def uses_fused_loop(self):
+        """Whether `fused_lstm_loop` can run this layer: TensorFlow, a cell with a step
+        derivative and its default activations, single or double precision."""
+        cell = self.cell
+        return (
+            keras.backend.backend() == "tensorflow"
+            and not self.unroll
+            and hasattr(cell, "step_backward")
+            and cell.supports_fused_loop()
+            and cell.compute_dtype in ("float32", "float64")
+        )
+
+    def fused_lstm_loop(self, projected, initial_state, mask, training):
+        """The recurrence over `projected (B, T, 4U)` with the cell's hand-written step
+        derivative (`keras_recnorm.recurrence`). Returns `(hs, c_last, statistics)`:
+        the `h` state after every step `(B, T, U)` (a padded step keeps it), the final
+        `c`, and the cell's per-step statistics, time-major."""
+        from keras_recnorm.recurrence import lstm_recurrence  # imports TensorFlow
+
+        cell = self.cell
+        h0, c0 = initial_state[0], initial_state[1]
+        recurrent_mask = cell.get_recurrent_dropout_mask(h0) if training else None
+        step_mask = None
+        if mask is not None:
+            step_mask = ops.expand_dims(ops.transpose(ops.cast(mask, projected.dtype)), -1)
+        # Tensors, not variables: tf.custom_gradient must not see a variable read inside.
+        weights = [ops.copy(w) for w in cell.step_weights()]
+        hs, c_last, statistics = lstm_recurrence(
+            cell.step_forward,
+            cell.step_backward,
+            ops.transpose(projected, (1, 0, 2)),
+            step_mask,
+            h0,
+            c0,
+            recurrent_mask,
+            weights,
+        )
+        return ops.transpose(hs, (1, 0, 2)), c_last, statistics
+
+    def outputs_from_states(self, hs, mask):
+        """`(last_output, outputs)` as Keras's loop gives them from the states after every
+        step: at a padded step the previous output (zeros before the first real step),
+        or zeros with `zero_output_for_mask`."""
+        if mask is None:
+            return hs[:, -1], hs
+        mask = ops.cast(mask, "bool")
+        keep = ops.cumsum(ops.cast(mask, "int32"), axis=1) > 0
+        if self.zero_output_for_mask:
+            keep = ops.logical_and(keep, mask)
+        outputs = ops.where(ops.expand_dims(keep, -1), hs, ops.zeros_like(hs))
+        return outputs[:, -1], outputs
 
     def get_config(self):
         config = super().get_config()

@@ -7,8 +7,14 @@ same at training and inference and need no batch. Equations: DESIGN.md.
 import keras
 from keras import ops
 
-from keras_recnorm.base import GatedCell, NormalizedCell, NormalizedRNN
-from keras_recnorm.normalization import layer_norm
+from keras_recnorm.base import (
+    GatedCell,
+    NormalizedCell,
+    NormalizedRNN,
+    lstm_gates_backward,
+    lstm_output_backward,
+)
+from keras_recnorm.normalization import layer_norm, layer_standardize, layer_standardize_backward
 
 register = keras.saving.register_keras_serializable(package="keras_recnorm")
 
@@ -82,12 +88,48 @@ class LayerNormLSTMCell(GatedCell):
 
     def step(self, projected, states, training=False):
         h, c = states[0], states[1]
-        recurrent = ops.matmul(self.dropped_state(h, training), self.recurrent_kernel)
-        z = projected + layer_norm(recurrent, self.recurrent_gamma, epsilon=self.epsilon)
-        h_new, c_new = self.lstm_update(
-            z, c, lambda cell: layer_norm(cell, self.cell_gamma, self.cell_beta, self.epsilon)
+        h_new, c_new, _, _ = self.step_forward(
+            self.step_weights(), projected, self.dropped_state(h, training), c
         )
         return h_new, [h_new, c_new]
+
+    def step_weights(self):
+        """The weights `step_forward` uses, in its order."""
+        return (self.recurrent_kernel, self.recurrent_gamma, self.cell_gamma, self.cell_beta)
+
+    def step_forward(self, weights, projected, h, c, mask=None):
+        """One step from the projected input `LN(x·kernel) + bias` and the (dropped-out)
+        state `h`: the recurrent term, the gates and the normalized cell. The one step
+        function of this cell, used by the cell and by `LayerNormLSTM`'s loop; returns
+        `(h', c', residuals, ())`, the residuals being what `step_backward` needs."""
+        recurrent_kernel, recurrent_gamma, cell_gamma, cell_beta = weights
+        recurrent_hat, recurrent_rstd = layer_standardize(
+            ops.matmul(h, recurrent_kernel), self.epsilon
+        )
+        z = projected + recurrent_gamma * recurrent_hat
+        gates, c_new = self.lstm_gates(z, c)
+        cell_hat, cell_rstd = layer_standardize(c_new, self.epsilon)
+        h_new, cell_output = self.lstm_output(gates, cell_gamma * cell_hat + cell_beta)
+        residuals = (recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd, cell_output)
+        return h_new, c_new, residuals, ()
+
+    def step_backward(self, weights, residuals, h, c, mask, dh_new, dc_new):
+        """The derivative of `step_forward` (sigmoid gates, tanh): from the gradients of
+        `h'` and `c'`, those of the projected input, `h`, `c` and the weights."""
+        recurrent_kernel, recurrent_gamma, cell_gamma, _ = weights
+        recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd, cell_output = residuals
+        d_o, d_normalized_cell = lstm_output_backward(dh_new, gates, cell_output)
+        dc = dc_new + layer_standardize_backward(d_normalized_cell * cell_gamma, cell_hat, cell_rstd)
+        dz, dc_prev = lstm_gates_backward(dc, d_o, gates, c)
+        d_recurrent = layer_standardize_backward(dz * recurrent_gamma, recurrent_hat, recurrent_rstd)
+        d_weights = (
+            ops.matmul(ops.transpose(h), d_recurrent),
+            ops.sum(dz * recurrent_hat, axis=0),
+            ops.sum(d_normalized_cell * cell_hat, axis=0),
+            ops.sum(d_normalized_cell, axis=0),
+        )
+        dh = ops.matmul(d_recurrent, ops.transpose(recurrent_kernel))
+        return dz, dh, dc_prev, d_weights
 
     def get_config(self):
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
@@ -221,6 +263,10 @@ class _LayerNormSequence(NormalizedRNN):
         if self.go_backwards:
             projected = ops.flip(projected, axis=1)
             mask = None if mask is None else ops.flip(mask, axis=1)
+        if self.uses_fused_loop():
+            hs, c_last, _ = self.fused_lstm_loop(projected, initial_state, mask, training)
+            last_output, outputs = self.outputs_from_states(hs, mask)
+            return last_output, outputs, [hs[:, -1], c_last]
 
         def step(projected_t, states):
             return cell.step(projected_t, states, training=training)

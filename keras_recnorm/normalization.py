@@ -125,3 +125,51 @@ def moving_average_update(moving, slots, batch_value, count, momentum):
     target = ops.matmul(ops.transpose(hits), ops.expand_dims(weights, -1) * batch_value)
     keep = ops.power(momentum, ops.sum(hits, axis=0))[:, None]
     return moving * keep + target
+
+
+# -- standardization with its derivative, for the loops with hand-written gradients ----
+#
+# `x̂ = (x − mean) · rstd`, `rstd = 1 / sqrt(var + ε)`. The backward of a standardization,
+# given d = ∂L/∂x̂ (the gain already applied), is `rstd · (d − mean(d) − x̂ · mean(d · x̂))`
+# with the means over the same samples as the statistics.
+
+
+def layer_standardize(x, epsilon):
+    """Standardizes over the last axis; returns `(x̂, rstd)` in the dtype of `x`, rstd of
+    shape `(..., 1)`. The statistics are taken in float32 under half precision."""
+    x32 = ops.cast(x, statistics_dtype(x))
+    mean = ops.mean(x32, axis=-1, keepdims=True)
+    centered = x32 - mean
+    rstd = ops.rsqrt(ops.mean(ops.square(centered), axis=-1, keepdims=True) + epsilon)
+    return ops.cast(centered * rstd, x.dtype), ops.cast(rstd, x.dtype)
+
+
+def layer_standardize_backward(d, x_hat, rstd):
+    """∂L/∂x from `d = ∂L/∂x̂` for `layer_standardize`."""
+    d_mean = ops.mean(d, axis=-1, keepdims=True)
+    projection = ops.mean(d * x_hat, axis=-1, keepdims=True)
+    return rstd * (d - d_mean - x_hat * projection)
+
+
+def batch_standardize(x, epsilon, weights):
+    """Standardizes over the batch axis of `x (B, F)`, counting sample b with
+    `weights[b]` (0/1, shape `(B, 1)`; the mask of one step).
+
+    Returns `(x̂, rstd, mean, variance)`; mean, variance and rstd have shape `(F,)`.
+    With no sample counted, mean and variance are 0 (and x̂ is unused by the caller).
+    """
+    count = ops.maximum(ops.sum(weights), 1.0)
+    mean = ops.sum(x * weights, axis=0) / count
+    centered = x - mean
+    variance = ops.sum(ops.square(centered) * weights, axis=0) / count
+    rstd = ops.rsqrt(variance + epsilon)
+    return centered * rstd, rstd, mean, variance
+
+
+def batch_standardize_backward(d, x_hat, rstd, weights):
+    """∂L/∂x from `d = ∂L/∂x̂` for `batch_standardize`; uncounted samples get 0."""
+    count = ops.maximum(ops.sum(weights), 1.0)
+    d = d * weights
+    d_mean = ops.sum(d, axis=0) / count
+    projection = ops.sum(d * x_hat, axis=0) / count
+    return weights * rstd * (d - d_mean - x_hat * projection)

@@ -1,0 +1,107 @@
+"""The LSTM recurrence of the whole-sequence layers, with a hand-written gradient
+(TensorFlow backend).
+
+Why: differentiating a `tf.while_loop` automatically keeps every intermediate of every
+step in its own stack and runs several small ops backward per forward op; on a CPU those
+op overheads, not the matmuls, were most of a normalized LSTM's training step. Here the
+forward loop saves only what the backward step needs, and the backward loop is a second
+`tf.while_loop` that accumulates the recurrent weights' gradients as loop carries.
+
+A cell supplies the pair of step functions (its `step_forward` and `step_backward`); this
+module owns the loops, the masking (a padded step keeps the state) and the recurrent
+dropout mask, which are the same for every cell.
+"""
+
+import tensorflow as tf
+
+
+def lstm_recurrence(forward, backward, projected, mask, h0, c0, recurrent_mask, weights):
+    """Runs an LSTM-like recurrence over time-major inputs, differentiable.
+
+    Args:
+        forward: `forward(weights, projected_t, h_in, c, mask_t) -> (h_new, c_new,
+            residuals, statistics)`; `h_in` is `h` with recurrent dropout applied,
+            `residuals` a tuple of tensors the backward step needs, `statistics` a
+            (possibly empty) tuple of per-step values returned without gradient.
+        backward: `backward(weights, residuals, h_in, c, mask_t, dh_new, dc_new) ->
+            (d_projected_t, d_h_in, d_c, d_weights)`, the derivative of `forward`.
+        projected: `(T, B, 4U)`, the input term of every step.
+        mask: `(T, B, 1)` 0/1 in the compute dtype (0: padding, the state is kept), or
+            `None`.
+        h0, c0: the initial state, `(B, U)` each.
+        recurrent_mask: `(B, U)` recurrent dropout mask, or `None`.
+        weights: tuple of tensors the step functions use (gradients flow to them).
+
+    Returns:
+        `(hs, c_last, statistics)`: `hs (T, B, U)` the `h` state after every step,
+        `c_last` the final `c`, and every statistic stacked over the steps `(T, ...)`.
+    """
+    weights = tuple(weights)
+
+    def step_mask(t):
+        return None if mask is None else mask[t]
+
+    def dropped(h):
+        return h if recurrent_mask is None else h * recurrent_mask
+
+    def keep_padded(m, new, old):
+        return new if m is None else m * new + (1.0 - m) * old
+
+    @tf.custom_gradient
+    def run(projected, h0, c0, *weights):
+        steps = tf.shape(projected)[0]
+        # Step 0 outside the loop: it tells how many residuals and statistics there are.
+        h1, c1, residuals, statistics = forward(weights, projected[0], dropped(h0), c0, step_mask(0))
+        h1 = keep_padded(step_mask(0), h1, h0)
+        c1 = keep_padded(step_mask(0), c1, c0)
+
+        def stack_of(first):
+            return tf.TensorArray(first.dtype, size=steps, element_shape=first.shape).write(0, first)
+
+        arrays = tuple(stack_of(x) for x in (h0, c0, h1) + tuple(residuals) + tuple(statistics))
+
+        def body(t, h, c, arrays):
+            m = step_mask(t)
+            h_new, c_new, res, stats = forward(weights, projected[t], dropped(h), c, m)
+            h_new, c_new = keep_padded(m, h_new, h), keep_padded(m, c_new, c)
+            values = (h, c, h_new) + tuple(res) + tuple(stats)
+            return t + 1, h_new, c_new, tuple(a.write(t, v) for a, v in zip(arrays, values))
+
+        _, _, c_last, arrays = tf.while_loop(
+            lambda t, *_: t < steps, body, (tf.constant(1), h1, c1, arrays)
+        )
+        h_prev, c_prev, hs = arrays[0], arrays[1], arrays[2].stack()
+        residual_arrays = arrays[3 : 3 + len(residuals)]
+        statistics = tuple(a.stack() for a in arrays[3 + len(residuals) :])
+
+        def gradient(d_hs, d_c_last, *unused_d_statistics):
+            d_hs = tf.zeros_like(hs) if d_hs is None else d_hs
+            dc0 = tf.zeros_like(c_last) if d_c_last is None else d_c_last
+            d_projected = tf.TensorArray(projected.dtype, size=steps, element_shape=projected.shape[1:])
+            d_weights = tuple(tf.zeros_like(w) for w in weights)
+
+            def backward_body(t, dh, dc, d_weights, d_projected):
+                m = step_mask(t)
+                dh = dh + d_hs[t]
+                h, c = h_prev.read(t), c_prev.read(t)
+                res = tuple(a.read(t) for a in residual_arrays)
+                dh_new, dc_new = (dh, dc) if m is None else (m * dh, m * dc)
+                dp, dh_in, dc_in, dw = backward(weights, res, dropped(h), c, m, dh_new, dc_new)
+                dh_before = dropped(dh_in)
+                if m is not None:
+                    dh_before += (1.0 - m) * dh
+                    dc_in += (1.0 - m) * dc
+                d_weights = tuple(a + b for a, b in zip(d_weights, dw))
+                return t - 1, dh_before, dc_in, d_weights, d_projected.write(t, dp)
+
+            _, dh0, dc0, d_weights, d_projected = tf.while_loop(
+                lambda t, *_: t >= 0,
+                backward_body,
+                (steps - 1, tf.zeros_like(h0), dc0, d_weights, d_projected),
+            )
+            return (d_projected.stack(), dh0, dc0) + d_weights
+
+        return (hs, c_last) + statistics, gradient
+
+    outputs = run(projected, h0, c0, *weights)
+    return outputs[0], outputs[1], tuple(tf.stop_gradient(s) for s in outputs[2:])
