@@ -280,6 +280,16 @@ class GatedCell(NormalizedCell):
             and self.recurrent_activation is activations.sigmoid
         )
 
+    def gru_update(self, input_term, recurrent_term, h):
+        """The GRU update (`reset_after` form) from the normalized, biased input term and
+        the normalized recurrent term, each laid out (z, r | candidate):
+        `h̃ = tanh(x_h + r·h_h)`, `h' = z·h + (1 − z)·h̃`."""
+        units2 = 2 * self.units
+        gates = self.recurrent_activation(input_term[..., :units2] + recurrent_term[..., :units2])
+        z, r = ops.split(gates, 2, axis=-1)
+        candidate = self.activation(input_term[..., units2:] + r * recurrent_term[..., units2:])
+        return z * h + (1.0 - z) * candidate
+
 
 def lstm_output_backward(dh, gates, cell_output):
     """Backward of `lstm_output`: `(d_o, d_n)`, the gradients of the output gate (after
@@ -299,16 +309,6 @@ def lstm_gates_backward(dc, d_o, gates, c):
         axis=-1,
     )
     return dz, dc * f
-
-    def gru_update(self, input_term, recurrent_term, h):
-        """The GRU update (`reset_after` form) from the normalized, biased input term and
-        the normalized recurrent term, each laid out (z, r | candidate):
-        `h̃ = tanh(x_h + r·h_h)`, `h' = z·h + (1 − z)·h̃`."""
-        units2 = 2 * self.units
-        gates = self.recurrent_activation(input_term[..., :units2] + recurrent_term[..., :units2])
-        z, r = ops.split(gates, 2, axis=-1)
-        candidate = self.activation(input_term[..., units2:] + r * recurrent_term[..., units2:])
-        return z * h + (1.0 - z) * candidate
 
 
 # Keyword arguments that belong to the layer itself, not to its cell.

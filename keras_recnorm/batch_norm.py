@@ -16,11 +16,16 @@ from keras_recnorm.base import (
     check_numeric_inputs,
     check_positive_int,
     check_unit_interval,
+    lstm_gates_backward,
+    lstm_output_backward,
 )
 from keras_recnorm.normalization import (
     batch_moments,
     batch_normalize,
+    batch_standardize,
+    batch_standardize_backward,
     moving_average_update,
+    statistics_dtype,
     step_slots,
 )
 
@@ -93,43 +98,62 @@ class BatchNormCell(GatedCell):
         return bool(training) and self.trainable
 
     def normalize(self, term, raw, gamma, beta, slots, mask, training):
-        """BN_t of `raw`, `(B, F)` for one step or `(B, T, F)` for a sequence.
+        """BN_t of a whole sequence `raw (B, T, F)`; returns it and, in training, the
+        per-step `(mean, variance, count)` it used (else `None`).
 
-        Training: batch statistics over the samples (per step), leaving out samples whose
-        `mask` is 0. Inference: population statistics of each sample's `slots`
-        (`(B,)` or `(B, T)` integers).
+        Training: batch statistics over the samples of each step, leaving out samples
+        whose `mask (B, T)` is 0. Inference: population statistics of each sample's
+        `slots (B, T)`.
         """
         if self.uses_batch_statistics(training):
-            mean, variance, _ = batch_moments(raw, mask)
+            mean, variance, count = batch_moments(raw, mask)
+            moments = (mean, variance, count)
         else:
             moving_mean, moving_variance = self.moving(term)
             mean = ops.take(moving_mean, slots, axis=0)
             variance = ops.take(moving_variance, slots, axis=0)
-        return batch_normalize(raw, mean, variance, gamma, beta, self.epsilon)
+            moments = None
+        return batch_normalize(raw, mean, variance, gamma, beta, self.epsilon), moments
+
+    def standardize(self, x, mask, population):
+        """`(x̂, rstd, mean, variance)` of one step's term `x (B, F)`: with the batch's
+        statistics over the samples whose `mask (B, 1)` is 1 (all, for `None`) when
+        `population` is `None`, else with `population = (mean, variance)` per sample."""
+        if population is None:
+            weights = ops.ones_like(x[:, :1]) if mask is None else mask
+            return batch_standardize(x, self.epsilon, weights)
+        dtype = statistics_dtype(x)
+        mean, variance = (ops.cast(v, dtype) for v in population)
+        rstd = ops.rsqrt(variance + self.epsilon)
+        x_hat = (ops.cast(x, dtype) - mean) * rstd
+        return ops.cast(x_hat, x.dtype), ops.cast(rstd, x.dtype), mean, variance
+
+    def step_population(self, slots, training):
+        """`None` in training (batch statistics), else the population statistics of
+        each sample's slot, per normalized term of the step."""
+        if self.uses_batch_statistics(training):
+            return None
+        return tuple(
+            tuple(ops.take(v, slots, axis=0) for v in self.moving(term))
+            for term in self.normalized_terms[1:]
+        )
 
     def input_projection(self, inputs, slots, mask, training):
-        """`BN_t(x·kernel; input_gamma) + bias` for one step `(B, D)` or a whole sequence
-        `(B, T, D)`; returns it and the unnormalized `x·kernel`."""
+        """`BN_t(x·kernel; input_gamma) + bias` for a whole sequence `(B, T, D)`;
+        returns it and, in training, the per-step moments of `x·kernel`."""
         raw = ops.matmul(inputs, self.kernel)
-        projected = self.normalize("input", raw, self.input_gamma, None, slots, mask, training)
-        return (projected + self.bias if self.use_bias else projected), raw
+        projected, moments = self.normalize("input", raw, self.input_gamma, None, slots, mask, training)
+        return (projected + self.bias if self.use_bias else projected), moments
 
-    def update_statistics(self, raw_terms, slots, mask=None):
+    def update_statistics(self, moments, slots):
         """Moves the population statistics of every term towards this batch's.
 
         Args:
-            raw_terms: dict term -> the unnormalized values the step(s) normalized with
-                batch statistics, `(B, F)` for one step or `(B, K, F)` for K steps.
-            slots: int `(K,)`, the slot of each step (a scalar for one step).
-            mask: optional `(B,)` / `(B, K)` 0/1: which samples took part in each step.
+            moments: dict term -> `(mean, variance, count)` of the batch statistics
+                the term was normalized with, `(K, F)`, `(K, F)`, `(K,)` for K steps.
+            slots: int `(K,)`, the slot of each step.
         """
-        single_step = len(ops.shape(slots)) == 0
-        if single_step:
-            slots = ops.reshape(slots, (1,))
-        for term, raw in raw_terms.items():
-            mean, variance, count = batch_moments(raw, mask)
-            if single_step:
-                mean, variance, count = mean[None], variance[None], ops.reshape(count, (1,))
+        for term, (mean, variance, count) in moments.items():
             moving_mean, moving_variance = self.moving(term)
             if self.statistics_accumulator is not None:
                 self.statistics_accumulator.add(self, term, slots, mean, variance, count)
@@ -150,12 +174,16 @@ class BatchNormCell(GatedCell):
             )
         steps = states[-1]
         slots = step_slots(steps[:, 0], self.max_timesteps)
-        x = self.dropped_inputs(inputs, training)
-        projected, raw_input = self.input_projection(x, slots, None, training)
-        h, new_states, raw_terms = self.step(projected, states, training=training)
+        x = ops.expand_dims(self.dropped_inputs(inputs, training), 1)
+        projected, input_moments = self.input_projection(x, slots[:, None], None, training)
+        h, new_states, statistics = self.step(projected[:, 0], states, training=training)
         if update:
             # The batch's step: every sample of an unmasked batch is at the same step.
-            self.update_statistics({"input": raw_input, **raw_terms}, ops.max(slots, initial=0))
+            count = input_moments[2]
+            moments = {"input": input_moments}
+            for term, (mean, variance) in statistics.items():
+                moments[term] = (mean[None], variance[None], count)
+            self.update_statistics(moments, ops.reshape(ops.max(slots, initial=0), (1,)))
         return h, new_states
 
     def get_config(self):
@@ -266,22 +294,67 @@ class BatchNormLSTMCell(BatchNormCell):
         self.add_moving_statistics("cell", self.units)
 
     def step(self, projected, states, training=False, mask=None):
-        """One LSTM step from the projected input; returns `h'`, the new states and the
-        unnormalized recurrent term and cell state (for the statistics updates)."""
+        """One LSTM step from the projected input; returns `h'`, the new states and, in
+        training, the batch statistics used: `{term: (mean, variance)}`."""
         h, c, steps = states[0], states[1], states[2]
-        slots = step_slots(steps[:, 0], self.max_timesteps)
-        recurrent = ops.matmul(self.dropped_state(h, training), self.recurrent_kernel)
-        z = projected + self.normalize(
-            "recurrent", recurrent, self.recurrent_gamma, None, slots, mask, training
+        population = self.step_population(step_slots(steps[:, 0], self.max_timesteps), training)
+        h_new, c_new, _, statistics = self.step_forward(
+            self.step_weights(), projected, self.dropped_state(h, training), c, mask, population
         )
-        h_new, c_new = self.lstm_update(
-            z,
-            c,
-            lambda cell: self.normalize(
-                "cell", cell, self.cell_gamma, self.cell_beta, slots, mask, training
-            ),
+        moments = {}
+        if population is None:
+            moments = {"recurrent": statistics[:2], "cell": statistics[2:]}
+        return h_new, [h_new, c_new, steps + 1], moments
+
+    def step_weights(self):
+        """The weights `step_forward` uses, in its order."""
+        return (self.recurrent_kernel, self.recurrent_gamma, self.cell_gamma, self.cell_beta)
+
+    def step_forward(self, weights, projected, h, c, mask=None, population=None):
+        """One step from the projected input `BN_t(x·kernel) + bias` and the
+        (dropped-out) state `h`: the recurrent term, the gates and the normalized cell.
+        The one step function of this cell, used by the cell and by `BatchNormLSTM`'s
+        loop. Batch statistics over the samples whose `mask (B, 1)` is 1, or
+        `population` statistics (see `step_population`).
+
+        Returns `(h', c', residuals, statistics)`: what `step_backward` needs, and the
+        mean and variance of the recurrent term and of the cell state.
+        """
+        recurrent_kernel, recurrent_gamma, cell_gamma, cell_beta = weights
+        recurrent_population, cell_population = population or (None, None)
+        recurrent_hat, recurrent_rstd, recurrent_mean, recurrent_variance = self.standardize(
+            ops.matmul(h, recurrent_kernel), mask, recurrent_population
         )
-        return h_new, [h_new, c_new, steps + 1], {"recurrent": recurrent, "cell": c_new}
+        z = projected + recurrent_gamma * recurrent_hat
+        gates, c_new = self.lstm_gates(z, c)
+        cell_hat, cell_rstd, cell_mean, cell_variance = self.standardize(c_new, mask, cell_population)
+        h_new, cell_output = self.lstm_output(gates, cell_gamma * cell_hat + cell_beta)
+        residuals = (recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd, cell_output)
+        return h_new, c_new, residuals, (recurrent_mean, recurrent_variance, cell_mean, cell_variance)
+
+    def step_backward(self, weights, residuals, h, c, mask, dh_new, dc_new):
+        """The derivative of `step_forward` with batch statistics (sigmoid gates, tanh):
+        from the gradients of `h'` and `c'`, those of the projected input, `h`, `c` and
+        the weights. The statistics depend on every counted sample: so does the gradient."""
+        recurrent_kernel, recurrent_gamma, cell_gamma, _ = weights
+        recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd, cell_output = residuals
+        counted = ops.ones_like(h[:, :1]) if mask is None else mask
+        d_o, d_normalized_cell = lstm_output_backward(dh_new, gates, cell_output)
+        dc = dc_new + batch_standardize_backward(
+            d_normalized_cell * cell_gamma, cell_hat, cell_rstd, counted
+        )
+        dz, dc_prev = lstm_gates_backward(dc, d_o, gates, c)
+        d_recurrent = batch_standardize_backward(
+            dz * recurrent_gamma, recurrent_hat, recurrent_rstd, counted
+        )
+        d_weights = (
+            ops.matmul(ops.transpose(h), d_recurrent),
+            ops.sum(dz * recurrent_hat, axis=0),
+            ops.sum(d_normalized_cell * cell_hat, axis=0),
+            ops.sum(d_normalized_cell, axis=0),
+        )
+        dh = ops.matmul(d_recurrent, ops.transpose(recurrent_kernel))
+        return dz, dh, dc_prev, d_weights
 
     def get_config(self):
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
@@ -335,14 +408,18 @@ class BatchNormGRUCell(BatchNormCell):
         self.add_moving_statistics("recurrent", width)
 
     def step(self, projected, states, training=False, mask=None):
+        """One GRU step from the projected input; returns `h'`, the new states and, in
+        training, the batch statistics used: `{term: (mean, variance)}`."""
         h, steps = states[0], states[1]
-        slots = step_slots(steps[:, 0], self.max_timesteps)
-        recurrent = ops.matmul(self.dropped_state(h, training), self.recurrent_kernel)
-        normalized = self.normalize(
-            "recurrent", recurrent, self.recurrent_gamma, None, slots, mask, training
+        population = self.step_population(step_slots(steps[:, 0], self.max_timesteps), training)
+        recurrent_hat, _, mean, variance = self.standardize(
+            ops.matmul(self.dropped_state(h, training), self.recurrent_kernel),
+            mask,
+            None if population is None else population[0],
         )
-        h_new = self.gru_update(projected, normalized, h)
-        return h_new, [h_new, steps + 1], {"recurrent": recurrent}
+        h_new = self.gru_update(projected, self.recurrent_gamma * recurrent_hat, h)
+        moments = {"recurrent": (mean, variance)} if population is None else {}
+        return h_new, [h_new, steps + 1], moments
 
     def get_config(self):
         return {**super().get_config(), "reset_after": self.reset_after}
@@ -384,7 +461,39 @@ class _BatchNormSequence(NormalizedRNN):
         first_step = ops.cast(initial_state[-1][:, 0], "float32")
         timesteps = ops.cast(ops.arange(ops.shape(sequences)[1]), "float32")
         input_slots = step_slots(first_step[:, None] + timesteps[None, :], cell.max_timesteps)
-        projected, raw_input = cell.input_projection(sequences, input_slots, sample_mask, training)
+        projected, input_moments = cell.input_projection(sequences, input_slots, sample_mask, training)
+        if update and self.uses_fused_loop():
+            hs, c_last, statistics = self.fused_lstm_loop(projected, initial_state, mask, training)
+            last_output, outputs = hs[:, -1], hs
+            real_steps = ops.cast(ops.shape(hs)[1], "float32")
+            if mask is not None:
+                real_steps = ops.sum(sample_mask, axis=1, keepdims=True)
+            steps = initial_state[-1] + ops.cast(real_steps, initial_state[-1].dtype)
+            states = [last_output, c_last, steps]
+        else:
+            last_output, outputs, states, statistics = self._generic_loop(
+                projected, initial_state, mask, sample_mask, training
+            )
+        if update:
+            count = input_moments[2]
+            moments = {"input": input_moments}
+            for k, term in enumerate(cell.normalized_terms[1:]):
+                moments[term] = (statistics[2 * k], statistics[2 * k + 1], count)
+            steps = ops.arange(ops.shape(sequences)[1], dtype="int32") + ops.cast(
+                ops.max(first_step, initial=0.0), "int32"
+            )
+            cell.update_statistics(moments, step_slots(steps, cell.max_timesteps))
+        if original_mask is not None:
+            last_output, outputs = self._outputs_in_input_order(states[0], outputs, original_mask)
+        return last_output, outputs, states
+
+    def _generic_loop(self, projected, initial_state, mask, sample_mask, training):
+        """Keras's loop over `cell.step`, for what the fused loop doesn't run (other
+        backends, activations or dtypes, `unroll`, inference). Returns `(last_output,
+        outputs, states, statistics)`, statistics as the fused loop's: per term, the
+        mean and variance of every step `(T, F)` (training only)."""
+        cell = self.cell
+        update = cell.uses_batch_statistics(training)
         step_inputs = projected
         if mask is not None:
             # The step needs each sample's mask for its statistics: it travels as one
@@ -392,26 +501,31 @@ class _BatchNormSequence(NormalizedRNN):
             step_mask = ops.cast(ops.expand_dims(sample_mask, -1), projected.dtype)
             step_inputs = ops.concatenate([projected, step_mask], axis=-1)
         units = cell.units
-        # In training, the unnormalized recurrent and cell terms ride along with h, in the
-        # step's output, and the statistics are computed from them after the loop. They
-        # ride in the first state too: JAX's masked loop reuses that state as the output
-        # of a masked step, so both must have the same width.
+        widths = [cell.moving(term)[0].shape[-1] for term in cell.normalized_terms[1:] for _ in "mv"]
+        # In training, the step's batch statistics ride along with h (one copy per
+        # sample) in the step's output. They ride in the first state too: JAX's masked
+        # loop reuses that state as the output of a masked step, so both must have the
+        # same width.
         if update:
-            extra = sum(cell.moving(term)[0].shape[-1] for term in cell.normalized_terms[1:])
             first = initial_state[0]
-            padding = ops.zeros((ops.shape(first)[0], extra), dtype=first.dtype)
+            padding = ops.zeros((ops.shape(first)[0], sum(widths)), dtype=first.dtype)
             initial_state = [ops.concatenate([first, padding], -1)] + list(initial_state[1:])
 
         def step(inputs_t, states):
             if mask is None:
                 projected_t, mask_t = inputs_t, None
             else:
-                projected_t, mask_t = inputs_t[:, :-1], inputs_t[:, -1]
+                projected_t, mask_t = inputs_t[:, :-1], inputs_t[:, -1:]
             if update:
                 states = [states[0][:, :units]] + list(states[1:])
-            h, new_states, raw_terms = cell.step(projected_t, states, training=training, mask=mask_t)
+            h, new_states, moments = cell.step(projected_t, states, training=training, mask=mask_t)
             if update:
-                riders = [ops.stop_gradient(ops.cast(raw_terms[t], h.dtype)) for t in raw_terms]
+                batch = ops.shape(h)[0]
+                riders = [
+                    ops.stop_gradient(ops.broadcast_to(ops.cast(value, h.dtype), (batch, value.shape[-1])))
+                    for term in cell.normalized_terms[1:]
+                    for value in moments[term]
+                ]
                 h = ops.concatenate([h] + riders, -1)
                 new_states = [h] + list(new_states[1:])
             return h, new_states
@@ -419,20 +533,22 @@ class _BatchNormSequence(NormalizedRNN):
         last_output, outputs, states = self.run_loop(
             step, step_inputs, initial_state, mask, self.return_sequences or update
         )
+        statistics = ()
         if update:
-            raw_terms = {"input": raw_input}
-            offset = units
-            for term in cell.normalized_terms[1:]:
-                width = cell.moving(term)[0].shape[-1]
-                raw_terms[term] = outputs[..., offset : offset + width]
+            # Every sample that is real at a step carries that step's statistics: their
+            # mean over those samples (0 where there are none, e.g. an empty batch).
+            real = ops.ones_like(outputs[..., 0]) if mask is None else sample_mask
+            dtype = statistics_dtype(outputs)
+            real = ops.expand_dims(ops.cast(real, dtype), -1)
+            riders = ops.cast(outputs[..., units:], dtype)
+            riders = ops.sum(riders * real, axis=0) / ops.maximum(ops.sum(real, axis=0), 1.0)
+            offset = 0
+            for width in widths:
+                statistics += (riders[:, offset : offset + width],)
                 offset += width
-            steps = ops.arange(ops.shape(sequences)[1]) + ops.cast(ops.max(first_step, initial=0.0), "int32")
-            cell.update_statistics(raw_terms, step_slots(steps, cell.max_timesteps), sample_mask)
             last_output, outputs = last_output[..., :units], outputs[..., :units]
             states = [states[0][:, :units]] + list(states[1:])
-        if original_mask is not None:
-            last_output, outputs = self._outputs_in_input_order(states[0], outputs, original_mask)
-        return last_output, outputs, states
+        return last_output, outputs, states, statistics
 
     def _outputs_in_input_order(self, final_h, outputs, mask):
         """Keras's outputs for the original step order, from the loop over real steps

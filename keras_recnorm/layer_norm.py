@@ -81,10 +81,10 @@ class LayerNormLSTMCell(GatedCell):
         self.add_lstm_weights(input_shape)
 
     def input_projection(self, inputs):
-        """`LN(x·kernel; input_gamma) + bias`, for `(batch, features)` or
-        `(batch, time, features)` inputs."""
-        projected = layer_norm(ops.matmul(inputs, self.kernel), self.input_gamma, epsilon=self.epsilon)
-        return projected + self.bias if self.use_bias else projected
+        """`x·kernel`, for `(batch, features)` or `(batch, time, features)` inputs. Its
+        normalization runs in the step: per step, its `(B, 4U)` values are still in the
+        cache; normalized all at once before the loop, the `(B, T, 4U)` tensor is not."""
+        return ops.matmul(inputs, self.kernel)
 
     def step(self, projected, states, training=False):
         h, c = states[0], states[1]
@@ -94,42 +94,60 @@ class LayerNormLSTMCell(GatedCell):
         return h_new, [h_new, c_new]
 
     def step_weights(self):
-        """The weights `step_forward` uses, in its order."""
-        return (self.recurrent_kernel, self.recurrent_gamma, self.cell_gamma, self.cell_beta)
+        """The weights `step_forward` uses, in its order (`bias` last, if any)."""
+        weights = (
+            self.input_gamma,
+            self.recurrent_kernel,
+            self.recurrent_gamma,
+            self.cell_gamma,
+            self.cell_beta,
+        )
+        return weights + (self.bias,) if self.use_bias else weights
 
     def step_forward(self, weights, projected, h, c, mask=None):
-        """One step from the projected input `LN(x·kernel) + bias` and the (dropped-out)
-        state `h`: the recurrent term, the gates and the normalized cell. The one step
-        function of this cell, used by the cell and by `LayerNormLSTM`'s loop; returns
-        `(h', c', residuals, ())`, the residuals being what `step_backward` needs."""
-        recurrent_kernel, recurrent_gamma, cell_gamma, cell_beta = weights
+        """One step from the input's `x·kernel` and the (dropped-out) state `h`: the
+        equations of DESIGN.md. The one step function of this cell, used by the cell and
+        by `LayerNormLSTM`'s loop; returns `(h', c', residuals, ())`, the residuals
+        being what `step_backward` needs."""
+        input_gamma, recurrent_kernel, recurrent_gamma, cell_gamma, cell_beta = weights[:5]
+        input_hat, input_rstd = layer_standardize(projected, self.epsilon)
         recurrent_hat, recurrent_rstd = layer_standardize(
             ops.matmul(h, recurrent_kernel), self.epsilon
         )
-        z = projected + recurrent_gamma * recurrent_hat
+        z = input_gamma * input_hat + recurrent_gamma * recurrent_hat
+        if self.use_bias:
+            z = z + weights[5]
         gates, c_new = self.lstm_gates(z, c)
         cell_hat, cell_rstd = layer_standardize(c_new, self.epsilon)
         h_new, cell_output = self.lstm_output(gates, cell_gamma * cell_hat + cell_beta)
-        residuals = (recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd, cell_output)
+        residuals = (
+            input_hat, input_rstd, recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd,
+            cell_output,
+        )
         return h_new, c_new, residuals, ()
 
     def step_backward(self, weights, residuals, h, c, mask, dh_new, dc_new):
         """The derivative of `step_forward` (sigmoid gates, tanh): from the gradients of
-        `h'` and `c'`, those of the projected input, `h`, `c` and the weights."""
-        recurrent_kernel, recurrent_gamma, cell_gamma, _ = weights
-        recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd, cell_output = residuals
+        `h'` and `c'`, those of `x·kernel`, `h`, `c` and the weights."""
+        input_gamma, recurrent_kernel, recurrent_gamma, cell_gamma, _ = weights[:5]
+        (input_hat, input_rstd, recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd,
+         cell_output) = residuals
         d_o, d_normalized_cell = lstm_output_backward(dh_new, gates, cell_output)
         dc = dc_new + layer_standardize_backward(d_normalized_cell * cell_gamma, cell_hat, cell_rstd)
         dz, dc_prev = lstm_gates_backward(dc, d_o, gates, c)
         d_recurrent = layer_standardize_backward(dz * recurrent_gamma, recurrent_hat, recurrent_rstd)
+        d_projected = layer_standardize_backward(dz * input_gamma, input_hat, input_rstd)
         d_weights = (
+            ops.sum(dz * input_hat, axis=0),
             ops.matmul(ops.transpose(h), d_recurrent),
             ops.sum(dz * recurrent_hat, axis=0),
             ops.sum(d_normalized_cell * cell_hat, axis=0),
             ops.sum(d_normalized_cell, axis=0),
         )
+        if self.use_bias:
+            d_weights += (ops.sum(dz, axis=0),)
         dh = ops.matmul(d_recurrent, ops.transpose(recurrent_kernel))
-        return dz, dh, dc_prev, d_weights
+        return d_projected, dh, dc_prev, d_weights
 
     def get_config(self):
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
@@ -263,7 +281,7 @@ class _LayerNormSequence(NormalizedRNN):
         if self.go_backwards:
             projected = ops.flip(projected, axis=1)
             mask = None if mask is None else ops.flip(mask, axis=1)
-        if self.uses_fused_loop():
+        if training and self.uses_fused_loop():
             hs, c_last, _ = self.fused_lstm_loop(projected, initial_state, mask, training)
             last_output, outputs = self.outputs_from_states(hs, mask)
             return last_output, outputs, [hs[:, -1], c_last]

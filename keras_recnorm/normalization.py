@@ -155,15 +155,18 @@ def batch_standardize(x, epsilon, weights):
     """Standardizes over the batch axis of `x (B, F)`, counting sample b with
     `weights[b]` (0/1, shape `(B, 1)`; the mask of one step).
 
-    Returns `(x̂, rstd, mean, variance)`; mean, variance and rstd have shape `(F,)`.
-    With no sample counted, mean and variance are 0 (and x̂ is unused by the caller).
+    Returns `(x̂, rstd, mean, variance)`: x̂ and rstd `(F,)` in the dtype of `x`, mean
+    and variance `(F,)` in float32 (float64 for float64 input). With no sample counted,
+    mean and variance are 0 (and x̂ is unused by the caller).
     """
+    dtype = statistics_dtype(x)
+    x32, weights = ops.cast(x, dtype), ops.cast(weights, dtype)
     count = ops.maximum(ops.sum(weights), 1.0)
-    mean = ops.sum(x * weights, axis=0) / count
-    centered = x - mean
+    mean = ops.sum(x32 * weights, axis=0) / count
+    centered = x32 - mean
     variance = ops.sum(ops.square(centered) * weights, axis=0) / count
     rstd = ops.rsqrt(variance + epsilon)
-    return centered * rstd, rstd, mean, variance
+    return ops.cast(centered * rstd, x.dtype), ops.cast(rstd, x.dtype), mean, variance
 
 
 def batch_standardize_backward(d, x_hat, rstd, weights):
