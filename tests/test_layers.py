@@ -348,3 +348,72 @@ def test_string_input_is_a_clear_error(kind):
     for layer in (make_layer(kind), keras.layers.RNN(cell_class(U, **extra))):
         with pytest.raises(ValueError, match="expects numeric inputs.*TextVectorization"):
             layer(text)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's fused loop")
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"masked": True},
+        {"masked": True, "go_backwards": True, "return_sequences": True},
+        {"dropout": 0.3, "recurrent_dropout": 0.4, "seed": 7},
+        {"masked": True, "recurrent_dropout": 0.4, "seed": 3, "use_bias": False},
+    ],
+)
+@pytest.mark.parametrize("kind", ["ln_lstm", "bn_lstm"])
+def test_fused_loop_gradients_equal_autodiff(kind, options, rng):
+    """The hand-written step derivative (LayerNormLSTM, BatchNormLSTM in training on
+    TensorFlow) against TensorFlow's own differentiation of the same layer's generic loop,
+    in float64: outputs, states, every gradient and the updated statistics."""
+    import tensorflow as tf
+
+    options = dict(options)
+    masked = options.pop("masked", False)
+    x = tf.constant(rng.normal(0, 1, (B, T, D)))
+    mask = None
+    if masked:
+        mask = np.ones((B, T), bool)
+        mask[0, 4:] = False  # right padding
+        mask[1, :3] = False  # left padding
+        mask[2, :] = False  # all padding
+    values, results = None, []
+    for fused in (True, False):
+        layer = make_layer(kind, return_state=True, dtype="float64", **options)
+        layer(x[:1])
+        if values is None:
+            values = randomize_weights(layer, rng)
+        set_weights_by_name(layer, values)
+        if fused:
+            assert layer.uses_fused_loop()
+        else:
+            layer.uses_fused_loop = lambda: False
+        # A fixed random linear function of every output and state.
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs = layer(x, mask=mask, training=True)
+            loss = sum(
+                tf.reduce_sum(o * np.random.default_rng(k).normal(size=o.shape))
+                for k, o in enumerate(outputs[:3])
+            )
+        gradients = tape.gradient(loss, [x] + layer.trainable_weights)
+        results.append((outputs, gradients, weights_by_name(layer)))
+    (outputs, gradients, after), (want_outputs, want_gradients, want_after) = results
+    for a, b in zip(outputs, want_outputs):
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-12, rtol=0)
+    for a, b in zip(gradients, want_gradients):
+        assert np.all(np.isfinite(to_numpy(a)))
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-10, rtol=1e-10)
+    for name in want_after:
+        np.testing.assert_allclose(after[name], want_after[name], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["ln_lstm", "bn_lstm"])
+def test_fused_loop_only_for_what_its_derivative_covers(kind):
+    """Other activations, unroll, half precision or another backend: Keras's loop."""
+    default = make_layer(kind)
+    assert default.uses_fused_loop() == (keras.backend.backend() == "tensorflow")
+    assert not make_layer(kind, activation="relu").uses_fused_loop()
+    assert not make_layer(kind, recurrent_activation="hard_sigmoid").uses_fused_loop()
+    assert not make_layer(kind, unroll=True).uses_fused_loop()
+    assert not make_layer(kind, dtype="mixed_float16").uses_fused_loop()
