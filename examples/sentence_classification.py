@@ -170,9 +170,9 @@ def build_parser():
                                "cells unless --normalized-learning-rate is given")
     training.add_argument("--normalized-learning-rate", type=positive_float, default=None,
                           help="Adam learning rate of the LN-LSTM and the BN-LSTM only, so that "
-                               "--cell all can give each kind of cell its own rate (both papers "
-                               "report that normalized cells train faster and take larger "
-                               "rates); default: --learning-rate")
+                               "--cell all can give each kind of cell its own rate "
+                               "(normalization is meant to allow larger rates); default: "
+                               "--learning-rate")
     training.add_argument("--clip-norm", type=positive_float, default=None,
                           help="clip each gradient to this L2 norm (Cooijmans et al. clip at "
                                "1.0); default: no clipping")
