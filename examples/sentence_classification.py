@@ -166,7 +166,13 @@ def build_parser():
     training.add_argument("--epochs", type=positive_int, default=10, help="maximum epochs")
     training.add_argument("--batch-size", type=positive_int, default=32, help="batch size")
     training.add_argument("--learning-rate", type=positive_float, default=1e-3,
-                          help="Adam learning rate")
+                          help="Adam learning rate of the LSTM, and of the normalized "
+                               "cells unless --normalized-learning-rate is given")
+    training.add_argument("--normalized-learning-rate", type=positive_float, default=None,
+                          help="Adam learning rate of the LN-LSTM and the BN-LSTM only, so that "
+                               "--cell all can give each kind of cell its own rate "
+                               "(normalization is meant to allow larger rates); default: "
+                               "--learning-rate")
     training.add_argument("--clip-norm", type=positive_float, default=None,
                           help="clip each gradient to this L2 norm (Cooijmans et al. clip at "
                                "1.0); default: no clipping")
@@ -419,6 +425,12 @@ def epoch_timer():
     return EpochTimer()
 
 
+def learning_rate_for(cell, args):
+    if cell != "lstm" and args.normalized_learning_rate is not None:
+        return args.normalized_learning_rate
+    return args.learning_rate
+
+
 def train_one(cell, split, vectorizer, num_classes, args):
     """Trains one cell on (train, valid[, test]); returns (classifier, result dict)."""
     import keras
@@ -426,7 +438,7 @@ def train_one(cell, split, vectorizer, num_classes, args):
     keras.utils.set_random_seed(args.seed)  # same initial weights and order for every cell
     train, valid, test = split
     classifier = build_classifier(cell, vectorizer.vocabulary_size(), num_classes, args)
-    optimizer = keras.optimizers.Adam(args.learning_rate, clipnorm=args.clip_norm)
+    optimizer = keras.optimizers.Adam(learning_rate_for(cell, args), clipnorm=args.clip_norm)
     classifier.compile(optimizer=optimizer,
                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     timer = epoch_timer()
@@ -452,6 +464,8 @@ def train_one(cell, split, vectorizer, num_classes, args):
         "seconds_per_epoch": float(np.mean(steady)),
         "first_epoch_seconds": timer.seconds[0],
         "parameters": int(classifier.count_params()),
+        # Read back from the optimizer: the rate this cell was actually trained with.
+        "learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
         "history": {**curves, "seconds": timer.seconds},
     }
     if test is not None:
@@ -481,12 +495,13 @@ def percent(value):
 def print_table(results):
     print()
     print(f"{'cell':<9} {'best val %':>10} {'test %':>7} {'best epoch':>10} "
-          f"{'epochs to LSTM best':>19} {'s/epoch':>8}")
+          f"{'epochs to LSTM best':>19} {'s/epoch':>8} {'lr':>8}")
     for r in results:
         reach = r.get("epochs_to_lstm_best")
         print(f"{CELL_TITLES[r['cell']]:<9} {percent(r['best_val_accuracy']):>10} "
               f"{percent(r.get('test_accuracy')):>7} {r['best_epoch']:>10} "
-              f"{'-' if reach is None else reach:>19} {r['seconds_per_epoch']:>8.1f}")
+              f"{'-' if reach is None else reach:>19} {r['seconds_per_epoch']:>8.1f} "
+              f"{r['learning_rate']:>8.2g}")
 
 
 def print_cv_table(summary, k):
@@ -556,6 +571,7 @@ def cross_validate(args, data, cells):
             "test_accuracy_folds": accuracies.tolist(),
             "best_epoch_folds": [r["best_epoch"] for r in results],
             "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in results])),
+            "learning_rate": results[0]["learning_rate"],
         }
     print_cv_table(summary, len(data.folds))
     curves = {

@@ -114,8 +114,8 @@ def test_help_explains_every_option(capsys):
     out = capsys.readouterr().out
     for option in ("--dataset", "--data-dir", "--text-key", "--label-key", "--train-file",
                    "--cv", "--cell", "--bidirectional", "--units", "--layers", "--vocab-size",
-                   "--max-length", "--epochs", "--batch-size", "--learning-rate", "--seed",
-                   "--output-dir"):
+                   "--max-length", "--epochs", "--batch-size", "--learning-rate",
+                   "--normalized-learning-rate", "--seed", "--output-dir"):
         assert option in out
 
 
@@ -200,6 +200,31 @@ def test_local_files_with_a_tsv_validation_file(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["class_names"] == ["0", "1"]
     assert 0 <= metrics["cells"]["layer_norm"]["test_accuracy"] <= 1
+
+
+def test_normalized_cells_train_with_their_own_learning_rate(tmp_path, capsys):
+    train = write_label_sentence(tmp_path / "train.txt", 40)
+    test = write_label_sentence(tmp_path / "test.txt", 10)
+    out = tmp_path / "rates"
+    status, stdout, err = run_script(
+        ["--train-file", train, "--test-file", test, "--cell", "all", "--learning-rate", "2e-4",
+         "--normalized-learning-rate", "3e-3", "--no-export", "--output-dir", out, *TINY],
+        capsys)
+    assert status == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["arguments"]["normalized_learning_rate"] == 3e-3
+    # The rates are read back from each cell's optimizer, not copied from the arguments.
+    rates = {cell: result["learning_rate"] for cell, result in metrics["cells"].items()}
+    assert rates == pytest.approx({"lstm": 2e-4, "layer_norm": 3e-3, "batch_norm": 3e-3})
+    assert "0.003" in stdout and "0.0002" in stdout  # the table's lr column
+
+    # Without the option every cell takes --learning-rate.
+    status, _, err = run_script(
+        ["--train-file", train, "--cell", "layer_norm", "--learning-rate", "2e-4",
+         "--no-export", "--output-dir", out, *TINY], capsys)
+    assert status == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cells"]["layer_norm"]["learning_rate"] == pytest.approx(2e-4)
 
 
 def test_cross_validation_reports_mean_and_std_over_folds(tmp_path, capsys):
