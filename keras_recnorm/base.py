@@ -321,8 +321,8 @@ class NormalizedRNN(keras.layers.RNN):
     Constructed like `keras.layers.LSTM`: the cell's arguments and the RNN's arguments
     in one call; the config is the cell's config plus the RNN's. Subclasses override
     `inner_loop`, where the input term is computed for all time steps at once before the
-    recurrence (`cell.input_projection` on the whole sequence) and only `cell.step` runs
-    inside the loop.
+    recurrence (`cell.input_projection` on the whole sequence) and only the cell's step
+    function runs inside the loop (`fused_lstm_loop`: with its hand-written derivative).
     """
 
     cell_class = None

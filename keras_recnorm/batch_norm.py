@@ -441,7 +441,11 @@ class _BatchNormSequence(NormalizedRNN):
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         cell = self.cell
-        update = cell.uses_batch_statistics(training)
+        if not cell.uses_batch_statistics(training):
+            # Population statistics: nothing to gather, and every sample reads the slots
+            # of its own real steps in Keras's loop too (the step counter is a state, held
+            # at padded steps). That loop, projecting each step, measured faster.
+            return super().inner_loop(sequences, initial_state, mask, training=training)
         sequences = self.dropped_sequence(sequences, training)
         if self.go_backwards:
             sequences = ops.flip(sequences, axis=1)
@@ -462,7 +466,7 @@ class _BatchNormSequence(NormalizedRNN):
         timesteps = ops.cast(ops.arange(ops.shape(sequences)[1]), "float32")
         input_slots = step_slots(first_step[:, None] + timesteps[None, :], cell.max_timesteps)
         projected, input_moments = cell.input_projection(sequences, input_slots, sample_mask, training)
-        if update and self.uses_fused_loop():
+        if self.uses_fused_loop():
             hs, c_last, statistics = self.fused_lstm_loop(projected, initial_state, mask, training)
             last_output, outputs = hs[:, -1], hs
             real_steps = ops.cast(ops.shape(hs)[1], "float32")
@@ -474,26 +478,24 @@ class _BatchNormSequence(NormalizedRNN):
             last_output, outputs, states, statistics = self._generic_loop(
                 projected, initial_state, mask, sample_mask, training
             )
-        if update:
-            count = input_moments[2]
-            moments = {"input": input_moments}
-            for k, term in enumerate(cell.normalized_terms[1:]):
-                moments[term] = (statistics[2 * k], statistics[2 * k + 1], count)
-            steps = ops.arange(ops.shape(sequences)[1], dtype="int32") + ops.cast(
-                ops.max(first_step, initial=0.0), "int32"
-            )
-            cell.update_statistics(moments, step_slots(steps, cell.max_timesteps))
+        count = input_moments[2]
+        moments = {"input": input_moments}
+        for k, term in enumerate(cell.normalized_terms[1:]):
+            moments[term] = (statistics[2 * k], statistics[2 * k + 1], count)
+        steps = ops.arange(ops.shape(sequences)[1], dtype="int32") + ops.cast(
+            ops.max(first_step, initial=0.0), "int32"
+        )
+        cell.update_statistics(moments, step_slots(steps, cell.max_timesteps))
         if original_mask is not None:
             last_output, outputs = self._outputs_in_input_order(states[0], outputs, original_mask)
         return last_output, outputs, states
 
     def _generic_loop(self, projected, initial_state, mask, sample_mask, training):
-        """Keras's loop over `cell.step`, for what the fused loop doesn't run (other
-        backends, activations or dtypes, `unroll`, inference). Returns `(last_output,
-        outputs, states, statistics)`, statistics as the fused loop's: per term, the
-        mean and variance of every step `(T, F)` (training only)."""
+        """Keras's loop over `cell.step` in training, for what the fused loop doesn't run
+        (another backend, the GRU, other activations or dtypes, `unroll`). Returns
+        `(last_output, outputs, states, statistics)`, statistics as the fused loop's: per
+        term, the mean and variance of every step, `(T, F)` each."""
         cell = self.cell
-        update = cell.uses_batch_statistics(training)
         step_inputs = projected
         if mask is not None:
             # The step needs each sample's mask for its statistics: it travels as one
@@ -502,53 +504,43 @@ class _BatchNormSequence(NormalizedRNN):
             step_inputs = ops.concatenate([projected, step_mask], axis=-1)
         units = cell.units
         widths = [cell.moving(term)[0].shape[-1] for term in cell.normalized_terms[1:] for _ in "mv"]
-        # In training, the step's batch statistics ride along with h (one copy per
-        # sample) in the step's output. They ride in the first state too: JAX's masked
-        # loop reuses that state as the output of a masked step, so both must have the
-        # same width.
-        if update:
-            first = initial_state[0]
-            padding = ops.zeros((ops.shape(first)[0], sum(widths)), dtype=first.dtype)
-            initial_state = [ops.concatenate([first, padding], -1)] + list(initial_state[1:])
+        # The step's batch statistics ride along with h (one copy per sample) in the
+        # step's output. They ride in the first state too: JAX's masked loop reuses that
+        # state as the output of a masked step, so both must have the same width.
+        first = initial_state[0]
+        padding = ops.zeros((ops.shape(first)[0], sum(widths)), dtype=first.dtype)
+        initial_state = [ops.concatenate([first, padding], -1)] + list(initial_state[1:])
 
         def step(inputs_t, states):
             if mask is None:
                 projected_t, mask_t = inputs_t, None
             else:
                 projected_t, mask_t = inputs_t[:, :-1], inputs_t[:, -1:]
-            if update:
-                states = [states[0][:, :units]] + list(states[1:])
-            h, new_states, moments = cell.step(projected_t, states, training=training, mask=mask_t)
-            if update:
-                batch = ops.shape(h)[0]
-                riders = [
-                    ops.stop_gradient(ops.broadcast_to(ops.cast(value, h.dtype), (batch, value.shape[-1])))
-                    for term in cell.normalized_terms[1:]
-                    for value in moments[term]
-                ]
-                h = ops.concatenate([h] + riders, -1)
-                new_states = [h] + list(new_states[1:])
-            return h, new_states
-
-        last_output, outputs, states = self.run_loop(
-            step, step_inputs, initial_state, mask, self.return_sequences or update
-        )
-        statistics = ()
-        if update:
-            # Every sample that is real at a step carries that step's statistics: their
-            # mean over those samples (0 where there are none, e.g. an empty batch).
-            real = ops.ones_like(outputs[..., 0]) if mask is None else sample_mask
-            dtype = statistics_dtype(outputs)
-            real = ops.expand_dims(ops.cast(real, dtype), -1)
-            riders = ops.cast(outputs[..., units:], dtype)
-            riders = ops.sum(riders * real, axis=0) / ops.maximum(ops.sum(real, axis=0), 1.0)
-            offset = 0
-            for width in widths:
-                statistics += (riders[:, offset : offset + width],)
-                offset += width
-            last_output, outputs = last_output[..., :units], outputs[..., :units]
             states = [states[0][:, :units]] + list(states[1:])
-        return last_output, outputs, states, statistics
+            h, new_states, moments = cell.step(projected_t, states, training=training, mask=mask_t)
+            batch = ops.shape(h)[0]
+            riders = [
+                ops.stop_gradient(ops.broadcast_to(ops.cast(value, h.dtype), (batch, value.shape[-1])))
+                for term in cell.normalized_terms[1:]
+                for value in moments[term]
+            ]
+            h = ops.concatenate([h] + riders, -1)
+            return h, [h] + list(new_states[1:])
+
+        last_output, outputs, states = self.run_loop(step, step_inputs, initial_state, mask, True)
+        # Every sample that is real at a step carries that step's statistics: their mean
+        # over those samples (0 where there are none, e.g. an empty batch).
+        real = ops.ones_like(outputs[..., 0]) if mask is None else sample_mask
+        dtype = statistics_dtype(outputs)
+        real = ops.expand_dims(ops.cast(real, dtype), -1)
+        riders = ops.cast(outputs[..., units:], dtype)
+        riders = ops.sum(riders * real, axis=0) / ops.maximum(ops.sum(real, axis=0), 1.0)
+        statistics, offset = (), 0
+        for width in widths:
+            statistics += (riders[:, offset : offset + width],)
+            offset += width
+        states = [states[0][:, :units]] + list(states[1:])
+        return last_output[..., :units], outputs[..., :units], states, statistics
 
     def _outputs_in_input_order(self, final_h, outputs, mask):
         """Keras's outputs for the original step order, from the loop over real steps
@@ -590,8 +582,10 @@ _BN_LAYER_DOC = """
       padding changes no statistic;
     - **one update per batch**: population statistics move once per batch, after the
       loop, on every backend (JAX included) and with no double move of slot 0;
-    - **speed**: `x·kernel` and its normalization are computed for all steps before the
-      loop.
+    - **speed** in training: `x·kernel` and its normalization are computed for all
+      steps before the loop, and (LSTM on TensorFlow, default activations) the loop runs
+      the cell's step with its hand-written derivative (`keras_recnorm.recurrence`).
+      At inference it runs as `RNN({cell})`.
 
     Steps are counted per sample, over its real steps only: the statistics of slot t come
     from every sample's t-th real step, and at inference each sample reads the slots of

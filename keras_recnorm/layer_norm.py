@@ -273,32 +273,32 @@ class LayerNormSimpleRNNCell(NormalizedCell):
 
 
 class _LayerNormSequence(NormalizedRNN):
-    """The LN whole-sequence layers: `LN(x·kernel) + bias` for all steps in one matmul."""
+    """The LN whole-sequence layers. Training on TensorFlow (LSTM): `x·kernel` for all
+    steps in one matmul, then the loop with the hand-written derivative. Otherwise
+    Keras's loop over the cell: fed a hoisted `(B, T, 4U)` input term instead of
+    projecting each step, Keras's loop measured slower (README, "Throughput")."""
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
-        cell = self.cell
-        projected = cell.input_projection(self.dropped_sequence(sequences, training))
+        if not (training and self.uses_fused_loop()):
+            return super().inner_loop(sequences, initial_state, mask, training=training)
+        projected = self.cell.input_projection(self.dropped_sequence(sequences, training))
         if self.go_backwards:
             projected = ops.flip(projected, axis=1)
             mask = None if mask is None else ops.flip(mask, axis=1)
-        if training and self.uses_fused_loop():
-            hs, c_last, _ = self.fused_lstm_loop(projected, initial_state, mask, training)
-            last_output, outputs = self.outputs_from_states(hs, mask)
-            return last_output, outputs, [hs[:, -1], c_last]
-
-        def step(projected_t, states):
-            return cell.step(projected_t, states, training=training)
-
-        return self.run_loop(step, projected, initial_state, mask, self.return_sequences)
+        hs, c_last, _ = self.fused_lstm_loop(projected, initial_state, mask, training)
+        last_output, outputs = self.outputs_from_states(hs, mask)
+        return last_output, outputs, [hs[:, -1], c_last]
 
 
 _LAYER_DOC = """
     A `keras.layers.RNN` over a `{cell}` that it owns, constructed like
     `keras.layers.{keras_layer}`: every argument of `{cell}`, plus `return_sequences`,
     `return_state`, `go_backwards`, `stateful`, `unroll` and `zero_output_for_mask`.
-    Same weights (same names) and outputs as `keras.layers.RNN({cell}(...))`, faster:
-    `x·kernel`, its normalization and the bias are computed for all time steps in one
-    large matmul before the loop, so only the recurrent part runs step by step.
+    Same weights (same names) and outputs as `keras.layers.RNN({cell}(...))`. Faster to
+    train on TensorFlow (the LSTM, with its default activations): `x·kernel` is
+    computed for all time steps in one large matmul before the loop, and the loop runs
+    the cell's step with its hand-written derivative (`keras_recnorm.recurrence`)
+    instead of differentiating the loop. Elsewhere it runs as `RNN({cell})`.
 
     Call arguments:
         sequences: a 3D tensor `(batch, timesteps, features)`.
