@@ -398,9 +398,10 @@ class NormalizedRNN(keras.layers.RNN):
             and cell.compute_dtype in ("float32", "float64")
         )
 
-    def fused_lstm_loop(self, projected, initial_state, mask, training):
-        """The recurrence over `projected (B, T, 4U)` with the cell's hand-written step
-        derivative (`keras_recnorm.recurrence`). Returns `(hs, c_last, statistics)`:
+    def fused_lstm_loop(self, inputs, initial_state, mask, training):
+        """The recurrence over the step inputs `(B, T, F)` (what `cell.input_projection`
+        gives) with the cell's hand-written step derivative (`keras_recnorm.recurrence`).
+        Returns `(hs, c_last, statistics)`:
         the `h` state after every step `(B, T, U)` (a padded step keeps it), the final
         `c`, and the cell's per-step statistics, time-major."""
         from keras_recnorm.recurrence import lstm_recurrence  # imports TensorFlow
@@ -410,13 +411,13 @@ class NormalizedRNN(keras.layers.RNN):
         recurrent_mask = cell.get_recurrent_dropout_mask(h0) if training else None
         step_mask = None
         if mask is not None:
-            step_mask = ops.expand_dims(ops.transpose(ops.cast(mask, projected.dtype)), -1)
+            step_mask = ops.expand_dims(ops.transpose(ops.cast(mask, inputs.dtype)), -1)
         # Tensors, not variables: tf.custom_gradient must not see a variable read inside.
         weights = [ops.copy(w) for w in cell.step_weights()]
         hs, c_last, statistics = lstm_recurrence(
             cell.step_forward,
             cell.step_backward,
-            ops.transpose(projected, (1, 0, 2)),
+            ops.transpose(inputs, (1, 0, 2)),
             step_mask,
             h0,
             c0,

@@ -81,21 +81,22 @@ class LayerNormLSTMCell(GatedCell):
         self.add_lstm_weights(input_shape)
 
     def input_projection(self, inputs):
-        """`x·kernel`, for `(batch, features)` or `(batch, time, features)` inputs. Its
-        normalization runs in the step: per step, its `(B, 4U)` values are still in the
-        cache; normalized all at once before the loop, the `(B, T, 4U)` tensor is not."""
-        return ops.matmul(inputs, self.kernel)
+        """Nothing: the step projects its own input. Inside the loop, each step's
+        `(B, 4U)` product is used while still in the cache; hoisted before the loop, the
+        `(B, T, 4U)` tensor is not, and measured slower (README, "Throughput")."""
+        return inputs
 
-    def step(self, projected, states, training=False):
+    def step(self, inputs, states, training=False):
         h, c = states[0], states[1]
         h_new, c_new, _, _ = self.step_forward(
-            self.step_weights(), projected, self.dropped_state(h, training), c
+            self.step_weights(), inputs, self.dropped_state(h, training), c
         )
         return h_new, [h_new, c_new]
 
     def step_weights(self):
         """The weights `step_forward` uses, in its order (`bias` last, if any)."""
         weights = (
+            self.kernel,
             self.input_gamma,
             self.recurrent_kernel,
             self.recurrent_gamma,
@@ -104,40 +105,41 @@ class LayerNormLSTMCell(GatedCell):
         )
         return weights + (self.bias,) if self.use_bias else weights
 
-    def step_forward(self, weights, projected, h, c, mask=None):
-        """One step from the input's `x·kernel` and the (dropped-out) state `h`: the
-        equations of DESIGN.md. The one step function of this cell, used by the cell and
-        by `LayerNormLSTM`'s loop; returns `(h', c', residuals, ())`, the residuals
-        being what `step_backward` needs."""
-        input_gamma, recurrent_kernel, recurrent_gamma, cell_gamma, cell_beta = weights[:5]
-        input_hat, input_rstd = layer_standardize(projected, self.epsilon)
+    def step_forward(self, weights, x, h, c, mask=None):
+        """One step from the (dropped-out) input `x` and state `h`: the equations of
+        DESIGN.md. The one step function of this cell, used by the cell and by
+        `LayerNormLSTM`'s loop; returns `(h', c', residuals, ())`, the residuals being
+        what `step_backward` needs."""
+        kernel, input_gamma, recurrent_kernel, recurrent_gamma, cell_gamma, cell_beta = weights[:6]
+        input_hat, input_rstd = layer_standardize(ops.matmul(x, kernel), self.epsilon)
         recurrent_hat, recurrent_rstd = layer_standardize(
             ops.matmul(h, recurrent_kernel), self.epsilon
         )
         z = input_gamma * input_hat + recurrent_gamma * recurrent_hat
         if self.use_bias:
-            z = z + weights[5]
+            z = z + weights[6]
         gates, c_new = self.lstm_gates(z, c)
         cell_hat, cell_rstd = layer_standardize(c_new, self.epsilon)
         h_new, cell_output = self.lstm_output(gates, cell_gamma * cell_hat + cell_beta)
         residuals = (
-            input_hat, input_rstd, recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd,
-            cell_output,
+            x, input_hat, input_rstd, recurrent_hat, recurrent_rstd, gates, cell_hat,
+            cell_rstd, cell_output,
         )
         return h_new, c_new, residuals, ()
 
     def step_backward(self, weights, residuals, h, c, mask, dh_new, dc_new):
         """The derivative of `step_forward` (sigmoid gates, tanh): from the gradients of
-        `h'` and `c'`, those of `x·kernel`, `h`, `c` and the weights."""
-        input_gamma, recurrent_kernel, recurrent_gamma, cell_gamma, _ = weights[:5]
-        (input_hat, input_rstd, recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd,
+        `h'` and `c'`, those of `x`, `h`, `c` and the weights."""
+        kernel, input_gamma, recurrent_kernel, recurrent_gamma, cell_gamma, _ = weights[:6]
+        (x, input_hat, input_rstd, recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd,
          cell_output) = residuals
         d_o, d_normalized_cell = lstm_output_backward(dh_new, gates, cell_output)
         dc = dc_new + layer_standardize_backward(d_normalized_cell * cell_gamma, cell_hat, cell_rstd)
         dz, dc_prev = lstm_gates_backward(dc, d_o, gates, c)
         d_recurrent = layer_standardize_backward(dz * recurrent_gamma, recurrent_hat, recurrent_rstd)
-        d_projected = layer_standardize_backward(dz * input_gamma, input_hat, input_rstd)
+        d_input = layer_standardize_backward(dz * input_gamma, input_hat, input_rstd)
         d_weights = (
+            ops.matmul(ops.transpose(x), d_input),
             ops.sum(dz * input_hat, axis=0),
             ops.matmul(ops.transpose(h), d_recurrent),
             ops.sum(dz * recurrent_hat, axis=0),
@@ -146,8 +148,9 @@ class LayerNormLSTMCell(GatedCell):
         )
         if self.use_bias:
             d_weights += (ops.sum(dz, axis=0),)
+        dx = ops.matmul(d_input, ops.transpose(kernel))
         dh = ops.matmul(d_recurrent, ops.transpose(recurrent_kernel))
-        return d_projected, dh, dc_prev, d_weights
+        return dx, dh, dc_prev, d_weights
 
     def get_config(self):
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
@@ -273,10 +276,10 @@ class LayerNormSimpleRNNCell(NormalizedCell):
 
 
 class _LayerNormSequence(NormalizedRNN):
-    """The LN whole-sequence layers. Training on TensorFlow (LSTM): `x·kernel` for all
-    steps in one matmul, then the loop with the hand-written derivative. Otherwise
-    Keras's loop over the cell: fed a hoisted `(B, T, 4U)` input term instead of
-    projecting each step, Keras's loop measured slower (README, "Throughput")."""
+    """The LN whole-sequence layers. Training on TensorFlow (LSTM): the loop with the
+    hand-written derivative. Otherwise Keras's loop over the cell: fed a hoisted
+    `(B, T, 4U)` input term instead of projecting each step, it measured slower
+    (README, "Throughput")."""
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if not (training and self.uses_fused_loop()):
@@ -295,10 +298,9 @@ _LAYER_DOC = """
     `keras.layers.{keras_layer}`: every argument of `{cell}`, plus `return_sequences`,
     `return_state`, `go_backwards`, `stateful`, `unroll` and `zero_output_for_mask`.
     Same weights (same names) and outputs as `keras.layers.RNN({cell}(...))`. Faster to
-    train on TensorFlow (the LSTM, with its default activations): `x·kernel` is
-    computed for all time steps in one large matmul before the loop, and the loop runs
-    the cell's step with its hand-written derivative (`keras_recnorm.recurrence`)
-    instead of differentiating the loop. Elsewhere it runs as `RNN({cell})`.
+    train on TensorFlow (the LSTM, with its default activations): the loop runs the
+    cell's step with its hand-written derivative (`keras_recnorm.recurrence`) instead of
+    differentiating the loop. Elsewhere it runs as `RNN({cell})`.
 
     Call arguments:
         sequences: a 3D tensor `(batch, timesteps, features)`.

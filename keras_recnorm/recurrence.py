@@ -15,17 +15,18 @@ dropout mask, which are the same for every cell.
 import tensorflow as tf
 
 
-def lstm_recurrence(forward, backward, projected, mask, h0, c0, recurrent_mask, weights):
+def lstm_recurrence(forward, backward, inputs, mask, h0, c0, recurrent_mask, weights):
     """Runs an LSTM-like recurrence over time-major inputs, differentiable.
 
     Args:
-        forward: `forward(weights, projected_t, h_in, c, mask_t) -> (h_new, c_new,
+        forward: `forward(weights, input_t, h_in, c, mask_t) -> (h_new, c_new,
             residuals, statistics)`; `h_in` is `h` with recurrent dropout applied,
             `residuals` a tuple of tensors the backward step needs, `statistics` a
             (possibly empty) tuple of per-step values returned without gradient.
         backward: `backward(weights, residuals, h_in, c, mask_t, dh_new, dc_new) ->
-            (d_projected_t, d_h_in, d_c, d_weights)`, the derivative of `forward`.
-        projected: `(T, B, 4U)`, the input term of every step.
+            (d_input_t, d_h_in, d_c, d_weights)`, the derivative of `forward`.
+        inputs: `(T, B, F)`, every step's input as `forward` takes it (the LN-LSTM:
+            `x`; the BN-LSTM: its normalized `x·kernel` plus bias).
         mask: `(T, B, 1)` 0/1 in the compute dtype (0: padding, the state is kept), or
             `None`.
         h0, c0: the initial state, `(B, U)` each.
@@ -48,10 +49,10 @@ def lstm_recurrence(forward, backward, projected, mask, h0, c0, recurrent_mask, 
         return new if m is None else m * new + (1.0 - m) * old
 
     @tf.custom_gradient
-    def run(projected, h0, c0, *weights):
-        steps = tf.shape(projected)[0]
+    def run(inputs, h0, c0, *weights):
+        steps = tf.shape(inputs)[0]
         # Step 0 outside the loop: it tells how many residuals and statistics there are.
-        h1, c1, residuals, statistics = forward(weights, projected[0], dropped(h0), c0, step_mask(0))
+        h1, c1, residuals, statistics = forward(weights, inputs[0], dropped(h0), c0, step_mask(0))
         h1 = keep_padded(step_mask(0), h1, h0)
         c1 = keep_padded(step_mask(0), c1, c0)
 
@@ -62,7 +63,7 @@ def lstm_recurrence(forward, backward, projected, mask, h0, c0, recurrent_mask, 
 
         def body(t, h, c, arrays):
             m = step_mask(t)
-            h_new, c_new, res, stats = forward(weights, projected[t], dropped(h), c, m)
+            h_new, c_new, res, stats = forward(weights, inputs[t], dropped(h), c, m)
             h_new, c_new = keep_padded(m, h_new, h), keep_padded(m, c_new, c)
             values = (h, c, h_new) + tuple(res) + tuple(stats)
             return t + 1, h_new, c_new, tuple(a.write(t, v) for a, v in zip(arrays, values))
@@ -77,10 +78,10 @@ def lstm_recurrence(forward, backward, projected, mask, h0, c0, recurrent_mask, 
         def gradient(d_hs, d_c_last, *unused_d_statistics):
             d_hs = tf.zeros_like(hs) if d_hs is None else d_hs
             dc0 = tf.zeros_like(c_last) if d_c_last is None else d_c_last
-            d_projected = tf.TensorArray(projected.dtype, size=steps, element_shape=projected.shape[1:])
+            d_inputs = tf.TensorArray(inputs.dtype, size=steps, element_shape=inputs.shape[1:])
             d_weights = tuple(tf.zeros_like(w) for w in weights)
 
-            def backward_body(t, dh, dc, d_weights, d_projected):
+            def backward_body(t, dh, dc, d_weights, d_inputs):
                 m = step_mask(t)
                 dh = dh + d_hs[t]
                 h, c = h_prev.read(t), c_prev.read(t)
@@ -92,16 +93,16 @@ def lstm_recurrence(forward, backward, projected, mask, h0, c0, recurrent_mask, 
                     dh_before += (1.0 - m) * dh
                     dc_in += (1.0 - m) * dc
                 d_weights = tuple(a + b for a, b in zip(d_weights, dw))
-                return t - 1, dh_before, dc_in, d_weights, d_projected.write(t, dp)
+                return t - 1, dh_before, dc_in, d_weights, d_inputs.write(t, dp)
 
-            _, dh0, dc0, d_weights, d_projected = tf.while_loop(
+            _, dh0, dc0, d_weights, d_inputs = tf.while_loop(
                 lambda t, *_: t >= 0,
                 backward_body,
-                (steps - 1, tf.zeros_like(h0), dc0, d_weights, d_projected),
+                (steps - 1, tf.zeros_like(h0), dc0, d_weights, d_inputs),
             )
-            return (d_projected.stack(), dh0, dc0) + d_weights
+            return (d_inputs.stack(), dh0, dc0) + d_weights
 
         return (hs, c_last) + statistics, gradient
 
-    outputs = run(projected, h0, c0, *weights)
+    outputs = run(inputs, h0, c0, *weights)
     return outputs[0], outputs[1], tuple(tf.stop_gradient(s) for s in outputs[2:])
