@@ -417,3 +417,30 @@ def test_fused_loop_only_for_what_its_derivative_covers(kind):
     assert not make_layer(kind, recurrent_activation="hard_sigmoid").uses_fused_loop()
     assert not make_layer(kind, unroll=True).uses_fused_loop()
     assert not make_layer(kind, dtype="mixed_float16").uses_fused_loop()
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's fused loop")
+def test_fused_ln_loop_ignores_non_finite_padding(rng):
+    """LayerNormLSTM in training: inf at padded positions changes no output and no
+    gradient, and gives no NaN (the padded inputs get a zero gradient)."""
+    import tensorflow as tf
+
+    x, mask = padded_batch(rng)
+    garbage = np.where(mask[..., None], x, np.inf).astype("float32")
+    layer = make_layer("ln_lstm", return_sequences=True)
+    layer(x)
+    results = []
+    for inputs in (x, garbage):
+        inputs = tf.constant(inputs)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = layer(inputs, mask=mask, training=True)
+            loss = tf.reduce_sum(outputs * np.cos(np.arange(outputs.shape[-1])))
+        gradients = tape.gradient(loss, [inputs] + layer.trainable_weights)
+        results.append((to_numpy(outputs), [to_numpy(g) for g in gradients]))
+    (out_a, grads_a), (out_b, grads_b) = results
+    np.testing.assert_allclose(out_a, out_b, atol=1e-6)
+    assert np.all(grads_b[0][~mask] == 0)
+    for a, b in zip(grads_a, grads_b):
+        assert np.isfinite(b).all()
+        np.testing.assert_allclose(a, b, atol=1e-5)
