@@ -426,6 +426,13 @@ class NormalizedRNN(keras.layers.RNN):
         )
         return ops.transpose(hs, (1, 0, 2)), c_last, statistics
 
+    @staticmethod
+    def zero_padding(sequences, mask):
+        """`sequences` with the padded steps set to 0. A padded step keeps the state, so its
+        input can't matter; zeroed, whatever it held (huge values, inf) can't reach a
+        statistic, or turn a gradient into NaN."""
+        return ops.where(ops.expand_dims(ops.cast(mask, "bool"), -1), sequences, 0)
+
     def outputs_from_states(self, hs, mask):
         """`(last_output, outputs)` as Keras's loop gives them from the states after every
         step: at a padded step the previous output (zeros before the first real step),

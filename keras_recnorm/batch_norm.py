@@ -25,6 +25,7 @@ from keras_recnorm.normalization import (
     batch_standardize,
     batch_standardize_backward,
     moving_average_update,
+    standardize_with,
     statistics_dtype,
     step_slots,
 )
@@ -120,13 +121,9 @@ class BatchNormCell(GatedCell):
         statistics over the samples whose `mask (B, 1)` is 1 (all, for `None`) when
         `population` is `None`, else with `population = (mean, variance)` per sample."""
         if population is None:
-            weights = ops.ones_like(x[:, :1]) if mask is None else mask
-            return batch_standardize(x, self.epsilon, weights)
-        dtype = statistics_dtype(x)
-        mean, variance = (ops.cast(v, dtype) for v in population)
-        rstd = ops.rsqrt(variance + self.epsilon)
-        x_hat = (ops.cast(x, dtype) - mean) * rstd
-        return ops.cast(x_hat, x.dtype), ops.cast(rstd, x.dtype), mean, variance
+            return batch_standardize(x, self.epsilon, mask)
+        mean, variance = population
+        return (*standardize_with(x, mean, variance, self.epsilon), mean, variance)
 
     def step_population(self, slots, training):
         """`None` in training (batch statistics), else the population statistics of
@@ -458,8 +455,7 @@ class _BatchNormSequence(NormalizedRNN):
             original_mask = ops.cast(mask, "bool")
             sequences, mask = _real_steps_first(sequences, original_mask)
             sample_mask = ops.cast(mask, "float32")
-            # Zero the padding: whatever it holds can't reach a statistic or a NaN.
-            sequences = ops.where(ops.expand_dims(mask, -1), sequences, 0)
+            sequences = self.zero_padding(sequences, mask)
 
         # Real steps come first, so a sample's step k is loop step k after its carried step.
         first_step = ops.cast(initial_state[-1][:, 0], "float32")
@@ -472,8 +468,8 @@ class _BatchNormSequence(NormalizedRNN):
             real_steps = ops.cast(ops.shape(hs)[1], "float32")
             if mask is not None:
                 real_steps = ops.sum(sample_mask, axis=1, keepdims=True)
-            steps = initial_state[-1] + ops.cast(real_steps, initial_state[-1].dtype)
-            states = [last_output, c_last, steps]
+            counter = initial_state[-1] + ops.cast(real_steps, initial_state[-1].dtype)
+            states = [last_output, c_last, counter]
         else:
             last_output, outputs, states, statistics = self._generic_loop(
                 projected, initial_state, mask, sample_mask, training
@@ -503,7 +499,10 @@ class _BatchNormSequence(NormalizedRNN):
             step_mask = ops.cast(ops.expand_dims(sample_mask, -1), projected.dtype)
             step_inputs = ops.concatenate([projected, step_mask], axis=-1)
         units = cell.units
-        widths = [cell.moving(term)[0].shape[-1] for term in cell.normalized_terms[1:] for _ in "mv"]
+        # One mean and one variance per term after the input's.
+        widths = []
+        for term in cell.normalized_terms[1:]:
+            widths += [cell.moving(term)[0].shape[-1]] * 2
         # The step's batch statistics ride along with h (one copy per sample) in the
         # step's output. They ride in the first state too: JAX's masked loop reuses that
         # state as the output of a masked step, so both must have the same width.

@@ -285,9 +285,7 @@ class _LayerNormSequence(NormalizedRNN):
         if not (training and self.uses_fused_loop()):
             return super().inner_loop(sequences, initial_state, mask, training=training)
         if mask is not None:
-            # A padded step keeps the state, so its input can't matter: zero it, so that
-            # whatever it holds (huge values, inf) can't turn the gradient into NaN.
-            sequences = ops.where(ops.expand_dims(ops.cast(mask, "bool"), -1), sequences, 0)
+            sequences = self.zero_padding(sequences, mask)
         projected = self.cell.input_projection(self.dropped_sequence(sequences, training))
         if self.go_backwards:
             projected = ops.flip(projected, axis=1)

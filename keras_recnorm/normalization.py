@@ -30,15 +30,25 @@ def layer_norm(x, gamma, beta=None, epsilon=1e-5):
     Returns:
         A tensor of the shape and dtype of `x`.
     """
-    dtype = statistics_dtype(x)
-    x32 = ops.cast(x, dtype)
+    x_hat, _ = _layer_standardized(x, epsilon)
+    return _gain_and_shift(x_hat, gamma, beta, x.dtype)
+
+
+def _gain_and_shift(x_hat, gamma, beta, dtype):
+    """`gamma * x̂ + beta` in the dtype of x̂ (the statistics' dtype), cast to `dtype`."""
+    y = x_hat * ops.cast(gamma, x_hat.dtype)
+    if beta is not None:
+        y = y + ops.cast(beta, x_hat.dtype)
+    return ops.cast(y, dtype)
+
+
+def _layer_standardized(x, epsilon):
+    """`(x̂, rstd)` over the last axis, in float32 (float64 for float64 input)."""
+    x32 = ops.cast(x, statistics_dtype(x))
     mean = ops.mean(x32, axis=-1, keepdims=True)
     centered = x32 - mean
-    variance = ops.mean(ops.square(centered), axis=-1, keepdims=True)
-    y = centered * ops.rsqrt(variance + epsilon) * ops.cast(gamma, dtype)
-    if beta is not None:
-        y = y + ops.cast(beta, dtype)
-    return ops.cast(y, x.dtype)
+    rstd = ops.rsqrt(ops.mean(ops.square(centered), axis=-1, keepdims=True) + epsilon)
+    return centered * rstd, rstd
 
 
 def batch_moments(x, mask=None):
@@ -77,13 +87,15 @@ def batch_normalize(x, mean, variance, gamma, beta=None, epsilon=1e-5):
     `mean` and `variance` broadcast against `x` (one step: `(F,)` or `(B, F)`; a
     sequence: `(T, F)` against `(B, T, F)`).
     """
+    x_hat, _ = _standardized(x, mean, variance, epsilon)
+    return _gain_and_shift(x_hat, gamma, beta, x.dtype)
+
+
+def _standardized(x, mean, variance, epsilon):
+    """`(x̂, rstd)` of `x` with the given statistics, in float32 (float64 for float64)."""
     dtype = statistics_dtype(x)
-    x32 = ops.cast(x, dtype)
-    scale = ops.rsqrt(ops.cast(variance, dtype) + epsilon) * ops.cast(gamma, dtype)
-    y = (x32 - ops.cast(mean, dtype)) * scale
-    if beta is not None:
-        y = y + ops.cast(beta, dtype)
-    return ops.cast(y, x.dtype)
+    rstd = ops.rsqrt(ops.cast(variance, dtype) + epsilon)
+    return (ops.cast(x, dtype) - ops.cast(mean, dtype)) * rstd, rstd
 
 
 def step_slots(steps, max_timesteps):
@@ -137,11 +149,8 @@ def moving_average_update(moving, slots, batch_value, count, momentum):
 def layer_standardize(x, epsilon):
     """Standardizes over the last axis; returns `(x̂, rstd)` in the dtype of `x`, rstd of
     shape `(..., 1)`. The statistics are taken in float32 under half precision."""
-    x32 = ops.cast(x, statistics_dtype(x))
-    mean = ops.mean(x32, axis=-1, keepdims=True)
-    centered = x32 - mean
-    rstd = ops.rsqrt(ops.mean(ops.square(centered), axis=-1, keepdims=True) + epsilon)
-    return ops.cast(centered * rstd, x.dtype), ops.cast(rstd, x.dtype)
+    x_hat, rstd = _layer_standardized(x, epsilon)
+    return ops.cast(x_hat, x.dtype), ops.cast(rstd, x.dtype)
 
 
 def layer_standardize_backward(d, x_hat, rstd):
@@ -151,22 +160,24 @@ def layer_standardize_backward(d, x_hat, rstd):
     return rstd * (d - d_mean - x_hat * projection)
 
 
-def batch_standardize(x, epsilon, weights):
+def batch_standardize(x, epsilon, weights=None):
     """Standardizes over the batch axis of `x (B, F)`, counting sample b with
-    `weights[b]` (0/1, shape `(B, 1)`; the mask of one step).
+    `weights[b]` (0/1, shape `(B, 1)`; the mask of one step), or every sample for `None`.
 
     Returns `(x̂, rstd, mean, variance)`: x̂ and rstd `(F,)` in the dtype of `x`, mean
     and variance `(F,)` in float32 (float64 for float64 input). With no sample counted,
     mean and variance are 0 (and x̂ is unused by the caller).
     """
-    dtype = statistics_dtype(x)
-    x32, weights = ops.cast(x, dtype), ops.cast(weights, dtype)
-    count = ops.maximum(ops.sum(weights), 1.0)
-    mean = ops.sum(x32 * weights, axis=0) / count
-    centered = x32 - mean
-    variance = ops.sum(ops.square(centered) * weights, axis=0) / count
-    rstd = ops.rsqrt(variance + epsilon)
-    return ops.cast(centered * rstd, x.dtype), ops.cast(rstd, x.dtype), mean, variance
+    mean, variance, _ = batch_moments(x, None if weights is None else weights[:, 0])
+    x_hat, rstd = standardize_with(x, mean, variance, epsilon)
+    return x_hat, rstd, mean, variance
+
+
+def standardize_with(x, mean, variance, epsilon):
+    """`(x̂, rstd)` of `x` with the given statistics (broadcasting against it), in the
+    dtype of `x`; the arithmetic in float32 under half precision."""
+    x_hat, rstd = _standardized(x, mean, variance, epsilon)
+    return ops.cast(x_hat, x.dtype), ops.cast(rstd, x.dtype)
 
 
 def batch_standardize_backward(d, x_hat, rstd, weights):

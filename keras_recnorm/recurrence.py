@@ -51,29 +51,33 @@ def lstm_recurrence(forward, backward, inputs, mask, h0, c0, recurrent_mask, wei
     @tf.custom_gradient
     def run(inputs, h0, c0, *weights):
         steps = tf.shape(inputs)[0]
-        # Step 0 outside the loop: it tells how many residuals and statistics there are.
-        h1, c1, residuals, statistics = forward(weights, inputs[0], dropped(h0), c0, step_mask(0))
-        h1 = keep_padded(step_mask(0), h1, h0)
-        c1 = keep_padded(step_mask(0), c1, c0)
 
-        def stack_of(first):
-            return tf.TensorArray(first.dtype, size=steps, element_shape=first.shape).write(0, first)
-
-        arrays = tuple(stack_of(x) for x in (h0, c0, h1) + tuple(residuals) + tuple(statistics))
-
-        def body(t, h, c, arrays):
+        def advance(t, h, c):
+            """Step t: the new state, what the backward step reads (`h`, `c`, then the
+            residuals) and what the loop returns (`h'`, then the statistics)."""
             m = step_mask(t)
             h_new, c_new, res, stats = forward(weights, inputs[t], dropped(h), c, m)
             h_new, c_new = keep_padded(m, h_new, h), keep_padded(m, c_new, c)
-            values = (h, c, h_new) + tuple(res) + tuple(stats)
+            return h_new, c_new, (h, c) + tuple(res), (h_new,) + tuple(stats)
+
+        # Step 0 outside the loop: it tells how many residuals and statistics there are.
+        h1, c1, saved, returned = advance(0, h0, c0)
+        arrays = tuple(
+            tf.TensorArray(v.dtype, size=steps, element_shape=v.shape).write(0, v)
+            for v in saved + returned
+        )
+
+        def body(t, h, c, arrays):
+            h_new, c_new, saved, returned = advance(t, h, c)
+            values = saved + returned
             return t + 1, h_new, c_new, tuple(a.write(t, v) for a, v in zip(arrays, values))
 
         _, _, c_last, arrays = tf.while_loop(
             lambda t, *_: t < steps, body, (tf.constant(1), h1, c1, arrays)
         )
-        h_prev, c_prev, hs = arrays[0], arrays[1], arrays[2].stack()
-        residual_arrays = arrays[3 : 3 + len(residuals)]
-        statistics = tuple(a.stack() for a in arrays[3 + len(residuals) :])
+        h_prev, c_prev, *residual_arrays = arrays[: len(saved)]
+        hs, *statistics = (a.stack() for a in arrays[len(saved) :])
+        statistics = tuple(statistics)
 
         def gradient(d_hs, d_c_last, *unused_d_statistics):
             d_hs = tf.zeros_like(hs) if d_hs is None else d_hs
