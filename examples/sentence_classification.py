@@ -18,6 +18,8 @@ Writes to `--output-dir`: metrics.json, history.csv, validation_accuracy.png and
 training_loss.png (one curve per cell), model.keras (the cell with the best validation
 accuracy; it takes raw sentences) and saved_model/<version>/ (TF Serving layout, raw
 sentences in, class probabilities out). With `--cv`, the models of the folds are not kept.
+`--seeds N` trains every cell with N seeds and reports mean ± std (small datasets: one run
+is within noise of another); the exported model is the run with the best validation accuracy.
 """
 
 from __future__ import annotations
@@ -181,6 +183,11 @@ def build_parser():
                                "before stopping; the best epoch's weights are kept")
     training.add_argument("--seed", type=int, default=0,
                           help="seed of weights, shuffling and data splits")
+    training.add_argument("--seeds", type=positive_int, default=1, metavar="N",
+                          help="train every cell N times, with the seeds --seed, --seed + 1, "
+                               "..., --seed + N - 1 for the weights and the shuffling (the data "
+                               "splits keep --seed), and report mean ± std over the seeds: one "
+                               "run is within noise of another on small datasets")
 
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", default="runs/sentence_classification",
@@ -207,6 +214,9 @@ def check_arguments(args):
             raise UsageError(f"--cv expects at least 2 folds, got {args.cv}.")
         if not args.valid_fraction:
             raise UsageError("--cv needs a --valid-fraction above 0 for early stopping.")
+        if args.seeds > 1:
+            raise UsageError("--cv already averages over folds: drop --seeds, or drop --cv to "
+                             "average over seeds.")
     if args.vocab_size < 3:
         raise UsageError(f"--vocab-size expects at least 3 (padding, OOV, one word), "
                          f"got {args.vocab_size}.")
@@ -431,11 +441,11 @@ def learning_rate_for(cell, args):
     return args.learning_rate
 
 
-def train_one(cell, split, vectorizer, num_classes, args):
+def train_one(cell, split, vectorizer, num_classes, args, seed):
     """Trains one cell on (train, valid[, test]); returns (classifier, result dict)."""
     import keras
 
-    keras.utils.set_random_seed(args.seed)  # same initial weights and order for every cell
+    keras.utils.set_random_seed(seed)  # same initial weights and order for every cell
     train, valid, test = split
     classifier = build_classifier(cell, vectorizer.vocabulary_size(), num_classes, args)
     optimizer = keras.optimizers.Adam(learning_rate_for(cell, args), clipnorm=args.clip_norm)
@@ -447,7 +457,7 @@ def train_one(cell, split, vectorizer, num_classes, args):
                                             restore_best_weights=True)
     valid_ds = token_dataset(vectorizer, valid, args.batch_size)
     history = classifier.fit(
-        token_dataset(vectorizer, train, args.batch_size, shuffle_seed=args.seed),
+        token_dataset(vectorizer, train, args.batch_size, shuffle_seed=seed),
         validation_data=valid_ds, epochs=args.epochs, callbacks=[timer, stopper],
         shuffle=False,  # the dataset reshuffles itself each epoch, with --seed
         verbose=args.verbose)
@@ -458,6 +468,7 @@ def train_one(cell, split, vectorizer, num_classes, args):
     steady = timer.seconds[1:] or timer.seconds
     result = {
         "cell": cell,
+        "seed": seed,
         "best_val_accuracy": val_acc[best],
         "best_epoch": best + 1,
         "epochs_trained": len(val_acc),
@@ -512,8 +523,31 @@ def print_cv_table(summary, k):
               f"{100 * s['test_accuracy_std']:<5.1f} {s['seconds_per_epoch']:>8.1f}")
 
 
+def percent_mean_std(stats, key):
+    if f"{key}_mean" not in stats:
+        return "-"
+    return f"{100 * stats[f'{key}_mean']:.1f} ± {100 * stats[f'{key}_std']:.1f}"
+
+
+def print_seeds_table(summary):
+    n = len(next(iter(summary.values()))["runs"])
+    print()
+    print(f"mean ± std over {n} seeds; epochs listed seed by seed ('-': never reached)")
+    print(f"{'cell':<9} {'best val %':>11} {'test %':>11} {'epoch of best':>14} "
+          f"{'epochs to LSTM best':>20} {'s/epoch':>8} {'lr':>8}")
+    for cell, stats in summary.items():
+        best_epochs = " ".join(str(r["best_epoch"]) for r in stats["runs"])
+        reach = " ".join("-" if r.get("epochs_to_lstm_best") is None
+                         else str(r["epochs_to_lstm_best"]) for r in stats["runs"])
+        print(f"{CELL_TITLES[cell]:<9} {percent_mean_std(stats, 'best_val_accuracy'):>11} "
+              f"{percent_mean_std(stats, 'test_accuracy'):>11} {best_epochs:>14} "
+              f"{reach if 'lstm' in summary else '-':>20} "
+              f"{stats['seconds_per_epoch']:>8.1f} {stats['learning_rate']:>8.2g}")
+
+
 def write_history(path, rows):
-    fields = ["cell", "fold", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
+    fields = ["cell", "seed", "fold", "epoch", "loss", "accuracy", "val_loss", "val_accuracy",
+              "seconds"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
@@ -523,7 +557,8 @@ def write_history(path, rows):
 def history_rows(result, fold=None):
     h = result["history"]
     for i in range(len(h["val_accuracy"])):
-        row = {"cell": result["cell"], "fold": "" if fold is None else fold, "epoch": i + 1}
+        row = {"cell": result["cell"], "seed": result["seed"],
+               "fold": "" if fold is None else fold, "epoch": i + 1}
         row.update({key: round(h[key][i], 6) for key in
                     ("loss", "accuracy", "val_loss", "val_accuracy", "seconds") if key in h})
         yield row
@@ -559,7 +594,7 @@ def cross_validate(args, data, cells):
         vectorizer = make_vectorizer(split[0][0], args)  # adapted on this fold's training part
         for cell in cells:
             print(f"\nfold {k + 1}/{len(data.folds)}, {CELL_TITLES[cell]}")
-            _, result = train_one(cell, split, vectorizer, num_classes, args)
+            _, result = train_one(cell, split, vectorizer, num_classes, args, args.seed)
             per_cell[cell].append(result)
             rows.extend(history_rows(result, fold=k + 1))
     summary = {}
@@ -583,31 +618,60 @@ def cross_validate(args, data, cells):
 
 
 def compare(args, data, cells):
-    """Trains every cell on the same data; returns (metrics, rows, curves, best model)."""
+    """Trains every cell on the same data, once per seed; returns (metrics, rows, curves,
+    the model with the best validation accuracy)."""
     vectorizer = make_vectorizer(data.train[0], args)
     print(f"{len(data.train[0])} training, {len(data.valid[0])} validation, "
           f"{0 if data.test is None else len(data.test[0])} test sentences; "
           f"{len(data.class_names)} classes; vocabulary {vectorizer.vocabulary_size()}")
-    results, models, rows = [], {}, []
-    for cell in cells:
-        print(f"\n{CELL_TITLES[cell]}")
-        models[cell], result = train_one(cell, (data.train, data.valid, data.test), vectorizer,
-                                         len(data.class_names), args)
-        results.append(result)
-        rows.extend(history_rows(result))
-    lstm = next((r for r in results if r["cell"] == "lstm"), None)
-    if lstm is not None:
-        for r in results:
-            r["epochs_to_lstm_best"] = epochs_to_reach(r["history"]["val_accuracy"],
-                                                       lstm["best_val_accuracy"])
-    print_table(results)
-    best = max(results, key=lambda r: r["best_val_accuracy"])  # chosen on validation
-    metrics = {"cells": {r["cell"]: {k: v for k, v in r.items() if k != "history"}
-                         for r in results},
-               "best_cell": best["cell"]}
-    curves = {key: {CELL_TITLES[r["cell"]]: r["history"][key] for r in results}
+    seeds = range(args.seed, args.seed + args.seeds)
+    per_cell, rows, best = {cell: [] for cell in cells}, [], None
+    for seed in seeds:
+        results = []
+        for cell in cells:
+            print(f"\n{CELL_TITLES[cell]}" + (f", seed {seed}" if args.seeds > 1 else ""))
+            model, result = train_one(cell, (data.train, data.valid, data.test), vectorizer,
+                                      len(data.class_names), args, seed)
+            results.append(result)
+            per_cell[cell].append(result)
+            rows.extend(history_rows(result))
+            if best is None or result["best_val_accuracy"] > best[0]["best_val_accuracy"]:
+                best = (result, model)  # chosen on validation; the other models are dropped
+        # Each seed's cells are measured against the LSTM trained with the same seed.
+        lstm = next((r for r in results if r["cell"] == "lstm"), None)
+        if lstm is not None:
+            for r in results:
+                r["epochs_to_lstm_best"] = epochs_to_reach(r["history"]["val_accuracy"],
+                                                           lstm["best_val_accuracy"])
+    runs = {cell: [{k: v for k, v in r.items() if k != "history"} for r in results]
+            for cell, results in per_cell.items()}
+    if args.seeds == 1:
+        print_table([results[0] for results in per_cell.values()])
+        metrics = {"cells": {cell: results[0] for cell, results in runs.items()}}
+    else:
+        metrics = {"seeds": list(seeds),
+                   "cells": {cell: summarize_seeds(results) for cell, results in runs.items()}}
+        print_seeds_table(metrics["cells"])
+    metrics["best_cell"], metrics["best_seed"] = best[0]["cell"], best[0]["seed"]
+    curves = {key: {CELL_TITLES[c]: mean_curve([r["history"][key] for r in rs])
+                    for c, rs in per_cell.items()}
               for key in ("val_accuracy", "loss")}
-    return metrics, rows, curves, end_to_end(vectorizer, models[best["cell"]])
+    return metrics, rows, curves, end_to_end(vectorizer, best[1])
+
+
+def summarize_seeds(results):
+    """Mean ± std over the seeds of one cell, and each seed's own figures."""
+    summary = {}
+    for key in ("best_val_accuracy", "test_accuracy"):
+        if key in results[0]:
+            values = np.array([r[key] for r in results])
+            summary[f"{key}_mean"] = float(values.mean())
+            summary[f"{key}_std"] = float(values.std())
+    summary["best_epoch_mean"] = float(np.mean([r["best_epoch"] for r in results]))
+    summary["seconds_per_epoch"] = float(np.mean([r["seconds_per_epoch"] for r in results]))
+    summary["learning_rate"] = results[0]["learning_rate"]
+    summary["runs"] = results
+    return summary
 
 
 def run(args):
@@ -630,7 +694,7 @@ def run(args):
         best_model, suffix = None, f" (mean of {len(data.folds)} folds)"
     else:
         results, rows, curves, best_model = compare(args, data, cells)
-        suffix = ""
+        suffix = f" (mean of {args.seeds} seeds)" if args.seeds > 1 else ""
     metrics.update(results)
 
     from examples.common.plotting import plot_curves
@@ -648,7 +712,10 @@ def run(args):
         path = export(best_model, str(output_dir))
         metrics["model"] = str(output_dir / "model.keras")
         metrics["saved_model"] = str(path)
-        print(f"\n{CELL_TITLES[metrics['best_cell']]} (best validation accuracy) saved to "
+        which = CELL_TITLES[metrics["best_cell"]]
+        if args.seeds > 1:
+            which += f", seed {metrics['best_seed']}"
+        print(f"\n{which} (best validation accuracy) saved to "
               f"{metrics['model']} and exported to {path}")
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
     with open(output_dir / "metrics.json", "w") as f:
@@ -658,7 +725,7 @@ def run(args):
 
 
 def mean_curve(curves):
-    """Mean over folds, epoch by epoch, over the folds that trained that long."""
+    """Mean over folds or seeds, epoch by epoch, over the runs that trained that long."""
     longest = max(len(c) for c in curves)
     return [float(np.mean([c[i] for c in curves if len(c) > i])) for i in range(longest)]
 

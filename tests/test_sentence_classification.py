@@ -248,6 +248,61 @@ def test_cross_validation_reports_mean_and_std_over_folds(tmp_path, capsys):
     assert not (out / "model.keras").exists()  # the fold models are not kept
 
 
+def test_seeds_report_mean_and_std_and_each_seed_is_a_real_run(tmp_path, capsys):
+    train = write_label_sentence(tmp_path / "train.txt", 40)
+    valid = write_label_sentence(tmp_path / "valid.txt", 10)  # the same split for every seed
+    test = write_label_sentence(tmp_path / "test.txt", 10)
+    common = ["--train-file", train, "--valid-file", valid, "--test-file", test, "--cell", "all",
+              *TINY, "--epochs", "2"]
+    out = tmp_path / "seeds"
+    status, stdout, err = run_script([*common, "--seed", "5", "--seeds", "2", "--no-export",
+                                      "--output-dir", out], capsys)
+    assert status == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["seeds"] == [5, 6]
+    for cell, stats in metrics["cells"].items():
+        runs = stats["runs"]
+        assert [r["seed"] for r in runs] == [5, 6]
+        for key in ("best_val_accuracy", "test_accuracy"):
+            values = np.array([r[key] for r in runs])
+            assert stats[f"{key}_mean"] == pytest.approx(values.mean())
+            assert stats[f"{key}_std"] == pytest.approx(values.std())
+    lstm = metrics["cells"]["lstm"]
+    assert f"{100 * lstm['test_accuracy_mean']:.1f} ± {100 * lstm['test_accuracy_std']:.1f}" \
+        in stdout
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(row["cell"], row["seed"]) for row in rows} == {
+        (cell, seed) for cell in sc.CELLS for seed in ("5", "6")}
+    # Each seed is measured against the LSTM trained with the same seed.
+    for cell, stats in metrics["cells"].items():
+        for r, lstm_run in zip(stats["runs"], lstm["runs"]):
+            curve = [float(row["val_accuracy"]) for row in rows
+                     if row["cell"] == cell and row["seed"] == str(r["seed"])]
+            assert r["epochs_to_lstm_best"] == sc.epochs_to_reach(
+                curve, round(lstm_run["best_val_accuracy"], 6))
+    # The two seeds start from different weights: their first epochs differ.
+    losses = {row["seed"]: float(row["loss"]) for row in rows
+              if row["cell"] == "lstm" and row["epoch"] == "1"}
+    assert losses["5"] != losses["6"]
+    # The model that would be exported is the run with the best validation accuracy.
+    best = metrics["cells"][metrics["best_cell"]]["runs"][metrics["best_seed"] - 5]
+    assert best["best_val_accuracy"] == max(
+        r["best_val_accuracy"] for stats in metrics["cells"].values() for r in stats["runs"])
+
+    # Seed 6 of the two is the run that --seed 6 alone makes.
+    alone = tmp_path / "alone"
+    status, _, err = run_script([*common, "--cell", "lstm", "--seed", "6", "--no-export",
+                                 "--output-dir", alone], capsys)
+    assert status == 0, err
+    alone_metrics = json.loads((alone / "metrics.json").read_text())
+    assert "seeds" not in alone_metrics
+    single = alone_metrics["cells"]["lstm"]
+    assert single["seed"] == 6
+    assert single["best_val_accuracy"] == pytest.approx(lstm["runs"][1]["best_val_accuracy"])
+    assert single["test_accuracy"] == pytest.approx(lstm["runs"][1]["test_accuracy"])
+
+
 def test_no_network_stops_at_once_with_one_line_and_no_files(tmp_path, capsys, monkeypatch):
     def no_network(*args, **kwargs):
         raise OSError("network is unreachable (simulated)")
@@ -268,6 +323,7 @@ def test_no_network_stops_at_once_with_one_line_and_no_files(tmp_path, capsys, m
 @pytest.mark.parametrize("argv, expected", [
     (["--train-file", "missing.txt"], "--train-file missing.txt: no such file"),
     (["--cv", "5"], "--cv needs --train-file"),
+    (["--train-file", __file__, "--cv", "5", "--seeds", "3"], "--cv already averages over folds"),
     (["--dataset", "imdb_review"], "Did you mean imdb_reviews"),
 ])
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, argv, expected):
