@@ -175,6 +175,12 @@ def build_parser():
                                "--cell all can give each kind of cell its own rate "
                                "(normalization is meant to allow larger rates); default: "
                                "--learning-rate")
+    training.add_argument("--layer-norm-learning-rate", type=positive_float, default=None,
+                          help="Adam learning rate of the LN-LSTM alone, when it differs from "
+                               "the BN-LSTM's; default: --normalized-learning-rate")
+    training.add_argument("--batch-norm-learning-rate", type=positive_float, default=None,
+                          help="Adam learning rate of the BN-LSTM alone, when it differs from "
+                               "the LN-LSTM's; default: --normalized-learning-rate")
     training.add_argument("--clip-norm", type=positive_float, default=None,
                           help="clip each gradient to this L2 norm (Cooijmans et al. clip at "
                                "1.0); default: no clipping")
@@ -436,6 +442,12 @@ def epoch_timer():
 
 
 def learning_rate_for(cell, args):
+    """The most specific rate given: the cell's own, then the normalized cells', then
+    --learning-rate."""
+    own = {"layer_norm": args.layer_norm_learning_rate,
+           "batch_norm": args.batch_norm_learning_rate}.get(cell)
+    if own is not None:
+        return own
     if cell != "lstm" and args.normalized_learning_rate is not None:
         return args.normalized_learning_rate
     return args.learning_rate
