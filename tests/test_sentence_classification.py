@@ -220,22 +220,18 @@ def test_normalized_cells_train_with_their_own_learning_rate(tmp_path, capsys):
     assert "0.003" in stdout and "0.0002" in stdout  # the table's lr column
 
     # A cell's own rate overrides the normalized cells' rate, for that cell alone.
-    status, _, err = run_script(
-        ["--train-file", train, "--cell", "all", "--learning-rate", "2e-4",
-         "--normalized-learning-rate", "3e-3", "--layer-norm-learning-rate", "7e-4",
-         "--no-export", "--output-dir", out, *TINY], capsys)
-    assert status == 0, err
-    metrics = json.loads((out / "metrics.json").read_text())
-    rates = {cell: result["learning_rate"] for cell, result in metrics["cells"].items()}
-    assert rates == pytest.approx({"lstm": 2e-4, "layer_norm": 7e-4, "batch_norm": 3e-3})
-    status, _, err = run_script(
-        ["--train-file", train, "--cell", "all", "--learning-rate", "2e-4",
-         "--batch-norm-learning-rate", "5e-3", "--no-export", "--output-dir", out, *TINY],
-        capsys)
-    assert status == 0, err
-    metrics = json.loads((out / "metrics.json").read_text())
-    rates = {cell: result["learning_rate"] for cell, result in metrics["cells"].items()}
-    assert rates == pytest.approx({"lstm": 2e-4, "layer_norm": 2e-4, "batch_norm": 5e-3})
+    for options, expected in [
+            (["--normalized-learning-rate", "3e-3", "--layer-norm-learning-rate", "7e-4"],
+             {"lstm": 2e-4, "layer_norm": 7e-4, "batch_norm": 3e-3}),
+            (["--batch-norm-learning-rate", "5e-3"],
+             {"lstm": 2e-4, "layer_norm": 2e-4, "batch_norm": 5e-3})]:
+        status, _, err = run_script(
+            ["--train-file", train, "--cell", "all", "--learning-rate", "2e-4", *options,
+             "--no-export", "--output-dir", out, *TINY], capsys)
+        assert status == 0, err
+        metrics = json.loads((out / "metrics.json").read_text())
+        rates = {cell: result["learning_rate"] for cell, result in metrics["cells"].items()}
+        assert rates == pytest.approx(expected)
 
     # Without the option every cell takes --learning-rate.
     status, _, err = run_script(
