@@ -167,18 +167,21 @@ def build_parser():
     training = parser.add_argument_group("training")
     training.add_argument("--epochs", type=positive_int, default=10, help="maximum epochs")
     training.add_argument("--batch-size", type=positive_int, default=32, help="batch size")
-    training.add_argument("--learning-rate", type=positive_float, default=1e-3,
+    training.add_argument("--learning-rate", type=positive_float, metavar="RATE", default=1e-3,
                           help="Adam learning rate of the LSTM, and of the normalized "
                                "cells unless --normalized-learning-rate is given")
     training.add_argument("--normalized-learning-rate", type=positive_float, default=None,
+                          metavar="RATE",
                           help="Adam learning rate of the LN-LSTM and the BN-LSTM only, so that "
                                "--cell all can give each kind of cell its own rate "
                                "(normalization is meant to allow larger rates); default: "
                                "--learning-rate")
     training.add_argument("--layer-norm-learning-rate", type=positive_float, default=None,
+                          metavar="RATE",
                           help="Adam learning rate of the LN-LSTM alone, when it differs from "
                                "the BN-LSTM's; default: --normalized-learning-rate")
     training.add_argument("--batch-norm-learning-rate", type=positive_float, default=None,
+                          metavar="RATE",
                           help="Adam learning rate of the BN-LSTM alone, when it differs from "
                                "the LN-LSTM's; default: --normalized-learning-rate")
     training.add_argument("--clip-norm", type=positive_float, default=None,
