@@ -474,7 +474,7 @@ def train_one(cell, split, vectorizer, num_classes, args, seed):
     history = classifier.fit(
         token_dataset(vectorizer, train, args.batch_size, shuffle_seed=seed),
         validation_data=valid_ds, epochs=args.epochs, callbacks=[timer, stopper],
-        shuffle=False,  # the dataset reshuffles itself each epoch, with --seed
+        shuffle=False,  # the dataset reshuffles itself each epoch, with this run's seed
         verbose=args.verbose)
     curves = {key: [float(v) for v in values] for key, values in history.history.items()}
     val_acc = curves["val_accuracy"]
@@ -614,22 +614,11 @@ def cross_validate(args, data, cells):
             rows.extend(history_rows(result, fold=k + 1))
     summary = {}
     for cell, results in per_cell.items():
-        accuracies = np.array([r["test_accuracy"] for r in results])
-        summary[cell] = {
-            "test_accuracy_mean": float(accuracies.mean()),
-            "test_accuracy_std": float(accuracies.std()),
-            "test_accuracy_folds": accuracies.tolist(),
-            "best_epoch_folds": [r["best_epoch"] for r in results],
-            "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in results])),
-            "learning_rate": results[0]["learning_rate"],
-        }
+        summary[cell] = summarize_runs(results, ("test_accuracy",))
+        summary[cell]["test_accuracy_folds"] = [r["test_accuracy"] for r in results]
+        summary[cell]["best_epoch_folds"] = [r["best_epoch"] for r in results]
     print_cv_table(summary, len(data.folds))
-    curves = {
-        key: {CELL_TITLES[c]: mean_curve([r["history"][key] for r in rs])
-              for c, rs in per_cell.items()}
-        for key in ("val_accuracy", "loss")
-    }
-    return {"cv_folds": len(data.folds), "cells": summary}, rows, curves
+    return {"cv_folds": len(data.folds), "cells": summary}, rows, mean_curves(per_cell)
 
 
 def compare(args, data, cells):
@@ -668,24 +657,28 @@ def compare(args, data, cells):
                    "cells": {cell: summarize_seeds(results) for cell, results in runs.items()}}
         print_seeds_table(metrics["cells"])
     metrics["best_cell"], metrics["best_seed"] = best[0]["cell"], best[0]["seed"]
-    curves = {key: {CELL_TITLES[c]: mean_curve([r["history"][key] for r in rs])
-                    for c, rs in per_cell.items()}
-              for key in ("val_accuracy", "loss")}
-    return metrics, rows, curves, end_to_end(vectorizer, best[1])
+    return metrics, rows, mean_curves(per_cell), end_to_end(vectorizer, best[1])
 
 
 def summarize_seeds(results):
     """Mean ± std over the seeds of one cell, and each seed's own figures."""
+    summary = summarize_runs(results, ("best_val_accuracy", "test_accuracy"))
+    summary["best_epoch_mean"] = float(np.mean([r["best_epoch"] for r in results]))
+    summary["runs"] = results
+    return summary
+
+
+def summarize_runs(results, keys):
+    """One cell's runs (folds or seeds): mean and std of each of `keys` the runs have, mean
+    seconds per epoch, and the learning rate (the same for every run)."""
     summary = {}
-    for key in ("best_val_accuracy", "test_accuracy"):
+    for key in keys:
         if key in results[0]:
             values = np.array([r[key] for r in results])
             summary[f"{key}_mean"] = float(values.mean())
             summary[f"{key}_std"] = float(values.std())
-    summary["best_epoch_mean"] = float(np.mean([r["best_epoch"] for r in results]))
     summary["seconds_per_epoch"] = float(np.mean([r["seconds_per_epoch"] for r in results]))
     summary["learning_rate"] = results[0]["learning_rate"]
-    summary["runs"] = results
     return summary
 
 
@@ -737,6 +730,13 @@ def run(args):
         json.dump(metrics, f, indent=2)
     print(f"metrics, history and plots in {output_dir} ({metrics['wall_seconds']:.0f} s)")
     return metrics
+
+
+def mean_curves(per_cell):
+    """Per cell, the mean validation accuracy and training loss curves of its runs."""
+    return {key: {CELL_TITLES[cell]: mean_curve([r["history"][key] for r in results])
+                  for cell, results in per_cell.items()}
+            for key in ("val_accuracy", "loss")}
 
 
 def mean_curve(curves):
