@@ -24,7 +24,9 @@ from keras_recnorm.normalization import (
     batch_normalize,
     batch_standardize,
     batch_standardize_backward,
+    cross_replica_moments,
     moving_average_update,
+    replicas_in_sync,
     standardize_with,
     statistics_dtype,
     step_slots,
@@ -38,6 +40,20 @@ _JAX_TRAINING_ERROR = (
     "use the whole-sequence layer keras_recnorm.{layer} instead, which updates them after "
     "the loop."
 )
+
+_REPLICAS_TRAINING_ERROR = (
+    "{name}: a batch-normalized cell inside keras.layers.RNN can't share its statistics "
+    "across the {replicas} replicas of a tf.distribute strategy (each replica would keep its "
+    "own population statistics); use the whole-sequence layer keras_recnorm.{layer} instead."
+)
+
+
+def _global_moments(mean, variance, count):
+    """`(mean, variance, count)` of the global batch under a tf.distribute strategy with
+    several replicas (`cross_replica_moments`); unchanged elsewhere."""
+    m2 = variance * ops.expand_dims(ops.cast(count, variance.dtype), -1)
+    count, mean, m2 = cross_replica_moments(count, mean, m2)
+    return mean, m2 / ops.expand_dims(ops.maximum(count, 1.0), -1), count
 
 
 class BatchNormCell(GatedCell):
@@ -61,6 +77,7 @@ class BatchNormCell(GatedCell):
         moving_mean_initializer="zeros",
         moving_variance_initializer="ones",
         gamma_initializer=None,
+        synchronized=False,
         **kwargs,
     ):
         # The paper: γ = 0.1 keeps tanh/sigmoid out of saturation and gradients alive.
@@ -73,6 +90,7 @@ class BatchNormCell(GatedCell):
         self.momentum = float(momentum)
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
         self.moving_variance_initializer = initializers.get(moving_variance_initializer)
+        self.synchronized = bool(synchronized)
         # When set (by `recompute_population_statistics`), updates accumulate exact sums
         # here instead of moving the averages.
         self.statistics_accumulator = None
@@ -108,6 +126,8 @@ class BatchNormCell(GatedCell):
         """
         if self.uses_batch_statistics(training):
             mean, variance, count = batch_moments(raw, mask)
+            if self.synchronized:
+                mean, variance, count = _global_moments(mean, variance, count)
             moments = (mean, variance, count)
         else:
             moving_mean, moving_variance = self.moving(term)
@@ -151,6 +171,10 @@ class BatchNormCell(GatedCell):
             slots: int `(K,)`, the slot of each step.
         """
         for term, (mean, variance, count) in moments.items():
+            # Every replica gets the global batch's statistics (already global for a
+            # synchronized term: reducing them again changes nothing), so each applies
+            # the same update to its own mirrored copy and the copies stay identical.
+            mean, variance, count = _global_moments(mean, variance, count)
             moving_mean, moving_variance = self.moving(term)
             if self.statistics_accumulator is not None:
                 self.statistics_accumulator.add(self, term, slots, mean, variance, count)
@@ -168,6 +192,15 @@ class BatchNormCell(GatedCell):
         if update and keras.backend.backend() == "jax":
             raise RuntimeError(
                 _JAX_TRAINING_ERROR.format(name=type(self).__name__, layer=self.sequence_layer_name)
+            )
+        if update and replicas_in_sync() > 1:
+            # The update runs inside Keras's tf.while_loop, where no all-reduce can.
+            raise RuntimeError(
+                _REPLICAS_TRAINING_ERROR.format(
+                    name=type(self).__name__,
+                    replicas=replicas_in_sync(),
+                    layer=self.sequence_layer_name,
+                )
             )
         steps = states[-1]
         slots = step_slots(steps[:, 0], self.max_timesteps)
@@ -188,6 +221,7 @@ class BatchNormCell(GatedCell):
             **super().get_config(),
             "max_timesteps": self.max_timesteps,
             "momentum": self.momentum,
+            "synchronized": self.synchronized,
             "moving_mean_initializer": initializers.serialize(self.moving_mean_initializer),
             "moving_variance_initializer": initializers.serialize(
                 self.moving_variance_initializer
@@ -218,6 +252,13 @@ _BN_ARGS_DOC = """
         recurrent_dropout: fraction of the recurrent state's units to drop, in [0, 1).
         epsilon: added to the variance inside the square root (default 1e-5).
         seed: random seed of the dropout masks.
+        synchronized: as in `keras.layers.BatchNormalization`. Under a
+            `tf.distribute` strategy with several replicas, `True` normalizes the input
+            term in training with the global batch's statistics (all-reduced before the
+            loop); the recurrent and cell terms, computed inside the loop, always use each
+            replica's own samples. The population statistics are the global batch's
+            either way. No effect on JAX `keras.distribution` (the statistics are global
+            by construction) or without a strategy. See docs/distributed_training.md.
 
     Call arguments:
         inputs: a 2D tensor `(batch, features)`, the input at one time step.

@@ -187,3 +187,59 @@ def batch_standardize_backward(d, x_hat, rstd, weights):
     d_mean = ops.sum(d, axis=0) / count
     projection = ops.sum(d * x_hat, axis=0) / count
     return weights * rstd * (d - d_mean - x_hat * projection)
+
+
+# -- replicas (tf.distribute) ----------------------------------------------------------
+
+
+def _replica_context():
+    """The `tf.distribute` replica context when it has more than one replica, else None
+    (another backend, no strategy, or cross-replica context such as an eager call under
+    `strategy.scope()`, which sees the whole batch on one device)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
+def replicas_in_sync():
+    """How many replicas run this code in step (1 outside a multi-replica context)."""
+    context = _replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+def cross_replica_moments(count, mean, m2):
+    """The global batch's `(count, mean, M2)` from each replica's, by one all-reduce.
+
+    Under a `tf.distribute` strategy with several replicas (in replica context, as in
+    `fit`), every replica sends `[n, n·mean, M2 + n·mean²]` (per-feature count, sum and sum
+    of squares) to one SUM all-reduce and gets the same global moments back; elsewhere the
+    moments are returned as they are. Must run outside control flow (a `merge_call` inside
+    a `tf.while_loop` is not supported on CPU). Differentiable: the gradient of an all-sum
+    is the all-sum of the gradients, so a loss that reads these moments gets the gradient
+    of the global batch's normalization.
+
+    Args:
+        count: `(...,)` number of samples behind each statistic.
+        mean, m2: `(..., F)` mean and sum of squared deviations from it.
+
+    Returns:
+        `(count, mean, m2)` of the same shapes, over every replica's samples.
+    """
+    context = _replica_context()
+    if context is None:
+        return count, mean, m2
+    width = mean.shape[-1]
+    n = ops.expand_dims(ops.cast(count, mean.dtype), -1)
+    sums = context.all_reduce("sum", ops.concatenate([n, n * mean, m2 + n * ops.square(mean)], -1))
+    total = sums[..., :1]
+    mean = sums[..., 1 : 1 + width] / ops.maximum(total, 1.0)
+    # Sum of squares minus N·mean²: clipped at 0 against rounding.
+    m2 = ops.maximum(sums[..., 1 + width :] - total * ops.square(mean), 0.0)
+    return ops.squeeze(total, -1), mean, m2
