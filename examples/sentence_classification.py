@@ -423,16 +423,14 @@ def token_dataset(vectorizer, pair, batch_size, shuffle_seed=None):
     if setup.even_batches and len(texts) < batch_size:
         raise UsageError(f"--distribute jax needs whole batches, and a split of {len(texts)} "
                          f"sentences has none of --batch-size {batch_size}: use a smaller one.")
-    ds = tf.data.Dataset.from_tensor_slices((tf.constant(texts, dtype=tf.string), labels))
+    # Token ids up front (a vectorizer inside the pipeline hides the batch size, which
+    # JAX's multi-process input sharding must know).
+    ids = np.asarray(vectorizer(tf.constant(texts, dtype=tf.string)))
+    ds = tf.data.Dataset.from_tensor_slices((ids, labels))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(texts), seed=shuffle_seed, reshuffle_each_iteration=True)
-
-    def vectorize(texts, labels):
-        return vectorizer(texts), labels
-
     # (Under --distribute jax the batch is sharded over the devices: it must be whole.)
     ds = ds.batch(batch_size, drop_remainder=setup.even_batches)
-    ds = ds.map(vectorize, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -237,7 +237,7 @@ def index_triples(vectorizer, documents, max_length):
 
 
 def make_dataset(ids, triples, eos_id, batch_size, *, shuffle, seed, repeat=False,
-                 whole_batches=False):
+                 fixed_shape=False):
     """Batches of ({current, previous_in, next_in}, targets), grouped by sentence length.
 
     Decoders are teacher-forced: the input is EOS followed by the sentence, the target is the
@@ -247,14 +247,19 @@ def make_dataset(ids, triples, eos_id, batch_size, *, shuffle, seed, repeat=Fals
     longest sentence) and each batch is padded only to its own longest sentence: most
     sentences are short, and the vocabulary softmax over padding would cost more than the
     words. With `repeat`, the triples are reshuffled and served again without end (for
-    `fit(steps_per_epoch=...)`). With `whole_batches` (JAX shards each batch over its
-    devices), every bucket's last partial batch is left out.
+    `fit(steps_per_epoch=...)`). With `fixed_shape` (`--distribute jax`), every batch
+    has `batch_size` triples padded to `max_length` words, without buckets: JAX shards each
+    batch over its devices and processes (it must be whole, of a size Keras can read from
+    the pipeline), and compiles the step once for one shape; the last partial batch is
+    left out.
     """
     table = tf.constant(ids)
     sentence_lengths = np.count_nonzero(ids, axis=1)
     longest = sentence_lengths[triples].max(axis=1) if len(triples) else np.zeros(0, np.int64)
 
     def trim(rows):
+        if fixed_shape:
+            return rows
         length = tf.reduce_max(tf.math.count_nonzero(rows, axis=1, dtype=tf.int32))
         return rows[:, :tf.maximum(length, 1)]
 
@@ -280,15 +285,16 @@ def make_dataset(ids, triples, eos_id, batch_size, *, shuffle, seed, repeat=Fals
         dataset = dataset.shuffle(len(triples), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
+    if fixed_shape:
+        return dataset.batch(batch_size, drop_remainder=True).map(to_batch).prefetch(2)
     boundaries = list(range(5, ids.shape[1] + 1, 5)) or [ids.shape[1]]
     dataset = dataset.bucket_by_sequence_length(
         lambda index, length: tf.cast(length, tf.int32), boundaries,
-        [batch_size] * (len(boundaries) + 1), drop_remainder=whole_batches)
+        [batch_size] * (len(boundaries) + 1))
     if not repeat:  # tell Keras the number of batches: a progress bar with a total from epoch 1
         per_bucket = np.bincount(np.searchsorted(boundaries, longest, side="right"),
                                  minlength=len(boundaries) + 1)
-        whole, partial = per_bucket // batch_size, per_bucket % batch_size > 0
-        batches = int(np.sum(whole if whole_batches else whole + partial))
+        batches = int(np.sum(-(-per_bucket // batch_size)))
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
     return dataset.map(to_batch).prefetch(2)
 
@@ -475,17 +481,16 @@ def run(args, extra_callbacks=()):
         raise UsageError("no document has 3 or more sentences with words; nothing to train on.")
     print(f"{len(train_triples)} training triples, {len(valid_triples)} validation triples, "
           f"vocabulary {vocab_size} words (+ EOS).")
-    whole = setup.even_batches
+    fixed = setup.mode == "jax"
+    if fixed and min(len(train_triples), len(valid_triples) or np.inf) < args.batch_size:
+        raise UsageError(f"--distribute jax needs whole batches, and a split has fewer than "
+                         f"--batch-size {args.batch_size} triples: use a smaller one.")
     train_data = make_dataset(train_ids, train_triples, eos_id, args.batch_size, shuffle=True,
                               seed=args.seed, repeat=args.steps_per_epoch is not None,
-                              whole_batches=whole)
+                              fixed_shape=fixed)
     valid_data = (make_dataset(valid_ids, valid_triples, eos_id, args.batch_size,
-                               shuffle=False, seed=args.seed, whole_batches=whole)
+                               shuffle=False, seed=args.seed, fixed_shape=fixed)
                   if len(valid_triples) else None)
-    if whole and any(d is not None and d.cardinality() == 0 for d in (train_data, valid_data)):
-        raise UsageError(f"--distribute jax needs whole batches, and a split has no "
-                         f"--batch-size {args.batch_size} triples of one length bucket: use a "
-                         "smaller one.")
 
     # ---- model -------------------------------------------------------------------------
     with setup.scope():

@@ -352,9 +352,11 @@ def worker_jax_devices():
     import jax
     import keras
 
-    from keras_recnorm import BatchNormGRU, BatchNormLSTM
+    from keras_recnorm import BatchNormGRU, BatchNormLSTM, recompute_population_statistics
+    from tests import reference
     from tests.conftest import randomize_weights
 
+    reference_run = {"lstm": reference.bn_lstm, "gru": reference.bn_gru}
     devices = jax.devices()
     assert len(devices) == 2, devices
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
@@ -371,13 +373,19 @@ def worker_jax_devices():
         expected = merged_reference(kind, weights, x, mask, parts=1)
         for name, value in _statistics(cell)[0].items():
             np.testing.assert_allclose(value, expected[name], atol=2e-6, err_msg=name)
-            shards = [np.asarray(s.data) for s in cell_variable(cell, name).value.addressable_shards]
+            shards = [np.asarray(s.data) for s in getattr(cell, name).value.addressable_shards]
             assert len(shards) == 2
             np.testing.assert_array_equal(shards[0], shards[1])
-
-
-def cell_variable(cell, name):
-    return getattr(cell, name)
+        # recompute_population_statistics under the distribution: slots 0..2 are this one
+        # batch's steps 0..2.
+        recompute_population_statistics(model, [x], verbose=0)
+        with np.errstate(over="ignore"):
+            _, _, _, stats = reference_run[kind](weights, x, mask=mask, training=True,
+                                                 return_batch_statistics=True)
+        for name, value in _statistics(cell)[0].items():
+            term, statistic = name.split("_moving_")
+            np.testing.assert_allclose(value[:3], stats[f"{term}_{statistic}"][:3], atol=2e-5,
+                                       err_msg=f"recompute {name}")
 
 
 def worker_jax_process(port, rank, tmp_dir):

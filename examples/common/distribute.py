@@ -6,7 +6,7 @@ JAX `keras.distribution.DataParallel` over every device of every process.
     setup = distribute.configure(args)          # first: before TensorFlow/JAX start
     with setup.scope():                         # build and compile the model here
         model = ...
-    model.fit(setup.batched(dataset, args.batch_size), ...)
+    model.fit(dataset.batch(args.batch_size, drop_remainder=setup.even_batches), ...)
 
 In every mode `--batch-size` is the global batch: the replicas (devices, processes) share
 it, and the batch-normalized layers' population statistics are the global batch's (see
@@ -14,7 +14,6 @@ docs/distributed_training.md for which statistics each mode normalizes with in t
 """
 
 import contextlib
-import os
 from pathlib import Path
 
 CHOICES = ("none", "mirrored", "jax")
@@ -168,6 +167,9 @@ def _jax(args):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
                                    process_id=args.process_id)
+    # Every process must create the same initial values (weights, dropout seed
+    # generators): they are one replicated array across the processes.
+    keras.utils.set_random_seed(getattr(args, "seed", 0))
     devices = jax.devices()  # every device of every process
     _check_batch(args, len(devices), "devices", even=True)
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
@@ -184,7 +186,3 @@ def _check_batch(args, replicas, what, even):
             f"--batch-size {batch_size} must be a multiple of the {replicas} {what} "
             "(it is the global batch, split evenly over them).")
 
-
-def environment_note():
-    """What the process runs on, for a script's report."""
-    return {key: os.environ[key] for key in ("KERAS_BACKEND", "XLA_FLAGS") if key in os.environ}
