@@ -160,9 +160,9 @@ def test_training_matches_reference(kind, unroll, initial, rng):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_tensorflow_loop_moves_slot_zero_twice(kind, rng):
-    """Exactly what the extra first step does: slot 0 becomes
-    `m²·old + (1 − m²)·μ₀` (an EMA of momentum m² for that slot); the other slots are
-    as with one update per step."""
+    """Exactly what the extra first step does: slot 0 is updated twice with the same
+    batch statistics (the mean: `m²·old + (1 − m²)·μ₀`, an EMA of momentum m² for that
+    slot); the other slots are as with one update per step."""
     x = rng.normal(0.5, 1.5, (B, T, D)).astype("float32")
     layer, weights = built_rnn(kind, rng, unroll=False)
     layer(x, training=True)
@@ -170,10 +170,14 @@ def test_tensorflow_loop_moves_slot_zero_twice(kind, rng):
     once = reference_run(kind, weights, x, training=True, first_step_updates=1)[2]
     m = layer.cell.momentum
     projected = input_term(weights, x[:, 0])
-    for name, mu in (("input_moving_mean", projected.mean(0)),
-                     ("input_moving_variance", projected.var(0))):
-        np.testing.assert_allclose(got[name][0], m**2 * weights[name][0] + (1 - m**2) * mu,
-                                   atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        got["input_moving_mean"][0],
+        m**2 * weights["input_moving_mean"][0] + (1 - m**2) * projected.mean(0), atol=1e-5)
+    want = weights["input_moving_mean"][0], weights["input_moving_variance"][0]
+    for _ in range(2):
+        want = reference.population_update(*want, projected, B, m)
+    for name, value in zip(("input_moving_mean", "input_moving_variance"), want):
+        np.testing.assert_allclose(got[name][0], value, atol=1e-5, rtol=0)
         assert np.abs(got[name][0] - once[name][0]).max() > 1e-3
     for name in got:
         np.testing.assert_allclose(got[name][1:], once[name][1:], atol=1e-5, rtol=0)
@@ -273,13 +277,14 @@ def test_shifting_one_step_moves_only_that_slot(kind, step, rng):
             np.testing.assert_allclose(moving_b[name], moving_a[name], atol=1e-4, rtol=0,
                                        err_msg=name)
     m = layer.cell.momentum
-    projected = input_term(weights, x[:, step])
-    new_projected = input_term(weights, shifted[:, step])
-    for name, stat in (("input_moving_mean", np.mean), ("input_moving_variance", np.var)):
-        delta = (1 - m) * (stat(new_projected, axis=0) - stat(projected, axis=0))
-        np.testing.assert_allclose(moving_b[name][step] - moving_a[name][step], delta,
-                                   atol=2e-5, rtol=1e-5, err_msg=name)
-        assert np.abs(delta).min() > 1e-3
+    old = weights["input_moving_mean"][step], weights["input_moving_variance"][step]
+    for moving, inputs in ((moving_a, x), (moving_b, shifted)):
+        want = reference.population_update(*old, input_term(weights, inputs[:, step]), B, m)
+        for name, value in zip(("input_moving_mean", "input_moving_variance"), want):
+            np.testing.assert_allclose(moving[name][step], value, atol=2e-5, rtol=1e-5,
+                                       err_msg=name)
+    for name in ("input_moving_mean", "input_moving_variance"):
+        assert np.abs(moving_b[name][step] - moving_a[name][step]).min() > 1e-3
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -313,31 +318,34 @@ def test_each_step_reads_its_own_population_slot(kind, rng):
 
 def exact_averages(kind, weights, batches, masks=None):
     """The population statistics `recompute_population_statistics` must write: per slot,
-    the plain average of the batch statistics of every (batch, step) that maps to it
-    (steps >= T_max to the last slot; steps where every sample is padding don't count);
-    slots that nothing reached are back at their initial 0 (mean) and 1 (variance)."""
+    the mean and biased variance of every sample that reached it, in every batch (steps >=
+    T_max go to the last slot; padded samples don't count), pooled from the reference's
+    per-step batch statistics by the law of total variance; slots nothing reached keep
+    the statistics they had."""
     max_timesteps = weights["input_moving_mean"].shape[0]
-    sums, counts = {}, np.zeros(max_timesteps)
+    parts = {}  # (term, slot) -> list of (count, mean, variance)
     for index, x in enumerate(batches):
         mask = None if masks is None else masks[index]
         *_, stats = reference_run(kind, weights, x, training=True, mask=mask,
                                   return_batch_statistics=True)
         for t in range(x.shape[1]):
-            # Step t is every sample's t-th real step: skip it when no sample has one.
-            if mask is not None and not (mask.sum(axis=1) > t).any():
+            # Step t is every sample's t-th real step: the samples that have one.
+            count = len(x) if mask is None else int((mask.sum(axis=1) > t).sum())
+            if count == 0:
                 continue
-            slot = min(t, max_timesteps - 1)
-            counts[slot] += 1
             for term in reference.BN_TERMS[kind]:
-                for stat in ("mean", "variance"):
-                    total = sums.setdefault(f"{term}_moving_{stat}",
-                                            np.zeros_like(weights[f"{term}_moving_{stat}"]))
-                    total[slot] += stats[f"{term}_{stat}"][t]
-    result = {}
-    for name, total in sums.items():
-        initial = 0.0 if name.endswith("mean") else 1.0
-        result[name] = np.where(counts[:, None] > 0, total / np.maximum(counts, 1)[:, None],
-                                initial)
+                parts.setdefault((term, min(t, max_timesteps - 1)), []).append(
+                    (count, stats[f"{term}_mean"][t], stats[f"{term}_variance"][t]))
+    result = {name: value.astype("float64").copy()
+              for name, value in weights.items() if "moving" in name}
+    for (term, slot), values in parts.items():
+        counts = np.array([c for c, _, _ in values], "float64")[:, None]
+        means = np.stack([m for _, m, _ in values])
+        variances = np.stack([v for _, _, v in values])
+        mean = (counts * means).sum(0) / counts.sum()
+        result[f"{term}_moving_mean"][slot] = mean
+        result[f"{term}_moving_variance"][slot] = (
+            counts * (variances + (means - mean) ** 2)).sum(0) / counts.sum()
     return result
 
 
@@ -381,7 +389,7 @@ def test_recompute_population_statistics_of_a_backward_cell(rng):
 
 
 def test_recompute_population_statistics_steps_and_unreached_slots(rng):
-    """`steps` limits the batches; slots no used batch reached go back to 0 and 1."""
+    """`steps` limits the batches; slots no used batch reached keep their statistics."""
     model = keras.Sequential([keras.Input((None, D)),
                               keras.layers.RNN(make_cell("gru", max_timesteps=6))])
     weights = randomize_weights(model.layers[0], rng)
@@ -390,8 +398,8 @@ def test_recompute_population_statistics_steps_and_unreached_slots(rng):
     expected = exact_averages("gru", weights, batches[:2])
     assert_moving_close(model.layers[0], expected)
     moving = moving_statistics(model.layers[0])
-    np.testing.assert_array_equal(moving["input_moving_mean"][3:], 0.0)
-    np.testing.assert_array_equal(moving["recurrent_moving_variance"][3:], 1.0)
+    for name in moving:
+        np.testing.assert_array_equal(moving[name][3:], weights[name][3:])
 
 
 def test_recompute_population_statistics_of_the_layer_excludes_padding(rng):
@@ -945,3 +953,58 @@ def test_invalid_arguments(cls, argument, value):
 def test_max_timesteps_is_required(kind):
     with pytest.raises(TypeError, match="max_timesteps"):
         CELLS[kind][0](4)
+
+
+# -- the step counter under mixed precision ------------------------------------------------
+
+
+LONG_T, LONG_T_MAX = 300, 400  # past 256, where a bfloat16 counter stops counting
+
+
+def _long_layer(layer_class, weights=None, **kwargs):
+    layer = layer_class(U, max_timesteps=LONG_T_MAX, return_sequences=True, return_state=True,
+                        **kwargs)
+    layer(np.zeros((2, 3, D), "float32"))
+    if weights is not None:
+        set_weights_by_name(layer, weights)
+    return layer
+
+
+@pytest.mark.parametrize("policy, atol", [("mixed_bfloat16", 0.1), ("mixed_float16", 2e-2)])
+@pytest.mark.parametrize("layer_class", [BatchNormLSTM, BatchNormGRU])
+def test_long_sequence_reads_slot_t_at_step_t_under_mixed_precision(
+        layer_class, policy, atol, rng, float32_policy_afterwards):
+    """A 300-step sequence with max_timesteps=400: under half precision every step reads
+    its own slot (as float32 does: the population statistics differ from slot to slot),
+    the counter returned is exactly 300 (float32), and training moves slots 0..299 only."""
+    x = rng.normal(0, 1, (2, LONG_T, D)).astype("float32")
+    reference_layer = _long_layer(layer_class)
+    weights = randomize_weights(reference_layer, rng)
+    want, *want_states = tf.function(reference_layer)(x)
+    keras.config.set_dtype_policy(policy)
+    layer = _long_layer(layer_class, weights)
+    got, *states = tf.function(layer)(x)
+    assert got.dtype == policy.split("_")[1]
+    got = to_numpy(tf.cast(got, "float32"))
+    late = slice(256, LONG_T)
+    np.testing.assert_allclose(got[:, late], to_numpy(want)[:, late], atol=atol, rtol=0)
+    assert states[-1].dtype == "float32"
+    np.testing.assert_array_equal(to_numpy(states[-1]), np.full((2, 1), LONG_T))
+    # Training: the statistics of the slots of steps 0..299 move, in float32; no other.
+    tf.function(lambda x: layer(x, training=True))(x)
+    for name, value in moving_statistics(layer).items():
+        assert value.dtype == np.float32, name
+        assert np.abs(value[LONG_T - 1] - weights[name][LONG_T - 1]).max() > 1e-4, name
+        np.testing.assert_array_equal(value[LONG_T:], weights[name][LONG_T:], err_msg=name)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cell_in_rnn_under_bfloat16_refuses_slots_its_counter_cannot_reach(
+        kind, float32_policy_afterwards):
+    """keras.layers.RNN casts the counter to bfloat16 (exact to 256): a cell with more
+    slots than that would silently read slot 256 for every later step."""
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    x = np.zeros((2, 3, D), "float32")
+    keras.layers.RNN(make_cell(kind, max_timesteps=257))(x)  # the counter reaches slot 256
+    with pytest.raises(ValueError, match="counts only to 256.*" + CELLS[kind][0].sequence_layer_name):
+        keras.layers.RNN(make_cell(kind, max_timesteps=LONG_T_MAX))(x)

@@ -38,10 +38,12 @@ def data(seed=0):
     return x, mask, y
 
 
-def merged_reference(kind, weights, x, mask, parts, synchronized_input=False):
+def merged_reference(kind, weights, x, mask, parts):
     """Population statistics after one training batch split into `parts` replicas: each
     replica's per-step statistics from the NumPy reference, merged over every sample that
-    reached the step, then one moving-average step from `weights`' statistics."""
+    reached the step (then over the steps sharing a slot), then one population update
+    (`reference.population_update`'s rule: the old statistics weigh as
+    `N·momentum/(1 − momentum)` samples, N the most samples of any step)."""
     from tests import reference
 
     run = reference.bn_lstm if kind == "lstm" else reference.bn_gru
@@ -58,21 +60,37 @@ def merged_reference(kind, weights, x, mask, parts, synchronized_input=False):
             mean, variance = stats[f"{term}_mean"], stats[f"{term}_variance"]
             part = (count, mean, variance * count)
             totals[term] = part if totals[term] is None else _chan(totals[term], part)
-    if synchronized_input:  # the input term does not depend on the loop: the whole batch
-        _, _, _, stats = run(weights, x, mask=mask, training=True, momentum=MOMENTUM,
-                             return_batch_statistics=True)
-        count = mask.sum(axis=0).astype("float64")[:, None]
-        totals["input"] = (count, stats["input_mean"], stats["input_variance"] * count)
     expected = {}
     for term, (count, mean, m2) in totals.items():
-        for statistic, value in (("mean", mean), ("variance", m2 / np.maximum(count, 1))):
-            moving = np.array(weights[f"{term}_moving_{statistic}"], "float64")
-            for t in range(len(value)):
-                if count[t, 0] > 0:
-                    slot = min(t, len(moving) - 1)
-                    moving[slot] = MOMENTUM * moving[slot] + (1 - MOMENTUM) * value[t]
-            expected[f"{term}_moving_{statistic}"] = moving
+        moving_mean = np.array(weights[f"{term}_moving_mean"], "float64")
+        moving_variance = np.array(weights[f"{term}_moving_variance"], "float64")
+        w = count.max() * MOMENTUM / (1 - MOMENTUM)
+        for slot in range(len(moving_mean)):
+            steps = [t for t in range(len(count)) if min(t, len(moving_mean) - 1) == slot]
+            n, batch_mean, batch_m2 = count[steps[0]], mean[steps[0]], m2[steps[0]]
+            for t in steps[1:]:
+                n, batch_mean, batch_m2 = _chan((n, batch_mean, batch_m2), (count[t], mean[t], m2[t]))
+            if n[0] == 0:
+                continue
+            old_mean, old_variance = moving_mean[slot].copy(), moving_variance[slot].copy()
+            new_mean = (w * old_mean + n * batch_mean) / (w + n)
+            moving_mean[slot] = new_mean
+            moving_variance[slot] = (w * (old_variance + (old_mean - new_mean) ** 2)
+                                     + batch_m2 + n * (batch_mean - new_mean) ** 2) / (w + n)
+        expected[f"{term}_moving_mean"] = moving_mean
+        expected[f"{term}_moving_variance"] = moving_variance
     return expected
+
+
+def whole_batch_reference(kind, weights, x, mask):
+    """The population statistics of the whole-sequence layer after one batch on one device."""
+    from tests import reference
+
+    run = reference.bn_lstm if kind == "lstm" else reference.bn_gru
+    with np.errstate(over="ignore"):
+        _, _, moving = run(weights, x, mask=mask, training=True, momentum=MOMENTUM,
+                           whole_sequence=True)
+    return moving
 
 
 def _chan(a, b):
@@ -208,8 +226,10 @@ def worker_mirrored(tmp_dir):
         model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
         _assert_global(cell, merged_reference(kind, weights, x, mask, parts=2), replicas=2)
         # Not what a single device computes on the whole batch (the loop normalizes each
-        # replica's half), and not what either replica alone has.
+        # replica's half). (The merge above, on one part, is the reference's own update.)
         one_device = merged_reference(kind, weights, x, mask, parts=1)
+        for name, value in whole_batch_reference(kind, weights, x, mask).items():
+            np.testing.assert_allclose(one_device[name], value, atol=1e-12, err_msg=name)
         loop_term = "cell_moving_mean" if kind == "lstm" else "recurrent_moving_mean"
         assert np.abs(_statistics(cell)[0][loop_term] - one_device[loop_term]).max() > 1e-4
 
@@ -299,7 +319,7 @@ def worker_synchronized():
     cell = model.get_layer("rnn").cell
     weights = randomize_weights(cell, rng, scale=0.3)
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
-    expected = merged_reference("lstm", weights, x, mask, parts=1)
+    expected = whole_batch_reference("lstm", weights, x, mask)
     values, copies = _statistics(cell)
     for name in ("input_moving_mean", "input_moving_variance"):
         np.testing.assert_allclose(values[name], expected[name], atol=2e-6, err_msg=name)
@@ -370,7 +390,7 @@ def worker_jax_devices():
         model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
         # The batch is one array sharded over the devices: the statistics are the whole
         # batch's, as on one device, and every device holds the same copy.
-        expected = merged_reference(kind, weights, x, mask, parts=1)
+        expected = whole_batch_reference(kind, weights, x, mask)
         for name, value in _statistics(cell)[0].items():
             np.testing.assert_allclose(value, expected[name], atol=2e-6, err_msg=name)
             shards = [np.asarray(s.data) for s in getattr(cell, name).value.addressable_shards]
@@ -412,7 +432,7 @@ def worker_jax_process(port, rank, tmp_dir):
     import tensorflow as tf
 
     model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH), epochs=1, verbose=0)
-    expected = merged_reference("lstm", weights, x, mask, parts=1)
+    expected = whole_batch_reference("lstm", weights, x, mask)
     found = {}
     for term in cell.normalized_terms:
         for statistic, variable in zip(("mean", "variance"), cell.moving(term)):
