@@ -288,9 +288,12 @@ _BN_ARGS_DOC = """
             `tf.distribute` strategy with several replicas, `True` normalizes the input
             term in training with the global batch's statistics (all-reduced before the
             loop); the recurrent and cell terms, computed inside the loop, always use each
-            replica's own samples. The population statistics are the global batch's
-            either way. No effect on JAX `keras.distribution` (the statistics are global
-            by construction) or without a strategy. See docs/distributed_training.md.
+            replica's own samples. The population statistics of `BatchNormLSTM` and
+            `BatchNormGRU` are the global batch's either way; a cell inside
+            `keras.layers.RNN` can't train under several replicas (it raises, pointing
+            to those layers). No effect on JAX `keras.distribution` (statistics are
+            global by construction) or without a strategy. See
+            docs/distributed_training.md.
 
     Call arguments:
         inputs: a 2D tensor `(batch, features)`, the input at one time step.
