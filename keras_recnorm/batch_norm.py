@@ -33,6 +33,7 @@ from keras_recnorm.normalization import (
     moments_variance,
     moving_average_update,
     replicas_in_sync,
+    slot_shares,
     standardize_with,
     statistics_dtype,
     step_slots,
@@ -82,9 +83,8 @@ class BatchNormCell(GatedCell):
         if gamma_initializer is None:
             gamma_initializer = initializers.Constant(0.1)
         super().__init__(units, gamma_initializer=gamma_initializer, **kwargs)
-        check_positive_int("max_timesteps", max_timesteps)
+        self.max_timesteps = check_positive_int("max_timesteps", max_timesteps)
         check_unit_interval("momentum", momentum)
-        self.max_timesteps = max_timesteps
         self.momentum = float(momentum)
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
         self.moving_variance_initializer = initializers.get(moving_variance_initializer)
@@ -190,7 +190,9 @@ class BatchNormCell(GatedCell):
         Args:
             moments: dict term -> `(count, mean, M2)` of the batch statistics the term
                 was normalized with, `(K,)`, `(K, F)`, `(K, F)` for K steps.
-            slots: int `(K,)`, the slot of each step.
+            slots: int `(K,)`, the slot of each step; or `(K, max_timesteps)`, the share
+                of each step's samples at each slot (`slot_shares`: samples at
+                different steps of their own).
         """
         # Under a tf.distribute strategy every replica gets the global batch's moments
         # (a synchronized input term has them already), so each applies the same update
@@ -212,6 +214,12 @@ class BatchNormCell(GatedCell):
 
     def call(self, inputs, states, training=False):
         check_numeric_inputs(self, inputs)
+        if len(states) != len(self.state_size):
+            raise ValueError(
+                f"{type(self).__name__} expects the states {self.state_names} (the step "
+                f"counter last, e.g. zeros of shape (batch, 1)), got {len(states)} states; "
+                f"keras_recnorm.{self.sequence_layer_name} also takes them without the counter."
+            )
         inputs = ops.cast(inputs, self.compute_dtype)
         states = [ops.cast(s, self.compute_dtype) for s in states[:-1]] + [states[-1]]
         update = self.uses_batch_statistics(training)
@@ -240,6 +248,8 @@ class BatchNormCell(GatedCell):
             moments = {"input": input_moments}
             for term, (mean, variance) in statistics.items():
                 moments[term] = moments_from_variance(count, mean[None], variance[None])
+            # The slot of the furthest counter: masked samples' counters are held, but
+            # the cell, which never sees the mask, has them in its statistics anyway.
             slot = ops.reshape(ops.max(slots, initial=0), (1,))
             if self.statistics_accumulator is not None:
                 # The counter tells Keras's extra calls before the loop from real steps.
@@ -354,6 +364,7 @@ class BatchNormLSTMCell(BatchNormCell):
 
     normalized_terms = ("input", "recurrent", "cell")
     sequence_layer_name = "BatchNormLSTM"
+    state_names = "[h, c, step]"
 
     def __init__(self, units, max_timesteps, unit_forget_bias=True, **kwargs):
         super().__init__(units, max_timesteps, **kwargs)
@@ -461,6 +472,7 @@ class BatchNormGRUCell(BatchNormCell):
 
     normalized_terms = ("input", "recurrent")
     sequence_layer_name = "BatchNormGRU"
+    state_names = "[h, step]"
 
     def __init__(self, units, max_timesteps, reset_after=True, **kwargs):
         super().__init__(units, max_timesteps, **kwargs)
@@ -533,6 +545,18 @@ class _BatchNormSequence(NormalizedRNN):
         # exact final counter replaces the cast one in the result and in a stateful
         # layer's states.
         if initial_state is not None:
+            initial_state = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+            expected = len(self.cell.state_size)
+            if len(initial_state) == expected - 1:
+                # As keras.layers.LSTM/GRU take them: the counter starts at 0.
+                batch = ops.shape(initial_state[0])[0]
+                initial_state.append(ops.zeros((batch, 1)))
+            elif len(initial_state) != expected:
+                raise ValueError(
+                    f"{type(self).__name__}: `initial_state` must be {self.cell.state_names} "
+                    f"or, starting the step counter at 0, without `step`; got "
+                    f"{len(initial_state)} tensors."
+                )
             counter = initial_state[-1]
         elif self.stateful and self.states is not None:
             counter = self.states[-1]
@@ -597,12 +621,9 @@ class _BatchNormSequence(NormalizedRNN):
         moments = {"input": input_moments}
         for k, term in enumerate(cell.normalized_terms[1:]):
             moments[term] = moments_from_variance(count, statistics[2 * k], statistics[2 * k + 1])
-        # Training runs one counter for the whole batch (the furthest, for a stateful
-        # layer whose samples differ); see `update_statistics` for samples' own slots.
-        steps = ops.arange(ops.shape(sequences)[1], dtype="int32") + ops.cast(
-            ops.max(first_step, initial=0.0), "int32"
-        )
-        cell.update_statistics(moments, step_slots(steps, cell.max_timesteps))
+        # Each sample's step goes to its own slot (samples of a stateful layer may carry
+        # different counters); the statistics of a step are those of all its samples.
+        cell.update_statistics(moments, slot_shares(input_slots, sample_mask, cell.max_timesteps))
         if original_mask is not None:
             last_output, outputs = self._outputs_in_input_order(states[0], outputs, original_mask)
         return last_output, outputs, states

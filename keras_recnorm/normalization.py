@@ -122,7 +122,8 @@ def merge_moments_by_slot(moments, slots, num_slots):
 
     Args:
         moments: `(count (K,), mean (K, F), M2 (K, F))`.
-        slots: int `(K,)`.
+        slots: int `(K,)`; or float `(K, num_slots)`, the share of step k's samples that
+            are at slot s (`slot_shares`), when a step's samples are at different slots.
         num_slots: number of slots S.
 
     Returns:
@@ -135,13 +136,38 @@ def merge_moments_by_slot(moments, slots, num_slots):
     used = ops.expand_dims(count > 0, -1)
     mean = ops.where(used, mean, 0.0)
     m2 = ops.where(used, m2, 0.0)
-    hits = ops.transpose(ops.one_hot(slots, num_slots, dtype=dtype))  # (S, K)
-    slot_count = ops.matmul(hits, count[:, None])[:, 0]
-    slot_mean = ops.matmul(hits, count[:, None] * mean) / ops.maximum(slot_count, 1.0)[:, None]
-    # Chan's rule for many parts: the parts' M2 plus each part's n·δ² to the merged mean.
-    deviation = mean - ops.take(slot_mean, slots, axis=0)
-    slot_m2 = ops.matmul(hits, m2 + count[:, None] * ops.square(deviation))
+    if len(slots.shape) == 1:
+        shares = ops.one_hot(slots, num_slots, dtype=dtype)
+    else:
+        shares = ops.cast(slots, dtype)
+    weights = ops.transpose(shares * count[:, None])  # (S, K): samples of step k in slot s
+    slot_count = ops.sum(weights, axis=1)
+    # Chan's rule for many parts: the parts' M2 plus each part's n·δ² to the merged mean
+    # (a part: a step's samples at a slot). Σ n·δ² is taken around the steps' overall
+    # mean `center`, so that it is a difference of small numbers.
+    center = ops.sum(count[:, None] * mean, axis=0) / ops.maximum(ops.sum(count), 1.0)
+    offset = mean - center
+    slot_offset = ops.matmul(weights, offset) / ops.maximum(slot_count, 1.0)[:, None]
+    spread = ops.matmul(weights, ops.square(offset)) - slot_count[:, None] * ops.square(slot_offset)
+    slot_m2 = ops.matmul(ops.transpose(shares), m2) + ops.maximum(spread, 0.0)
+    slot_mean = ops.where(slot_count[:, None] > 0, center + slot_offset, 0.0)
     return slot_count, slot_mean, slot_m2
+
+
+def slot_shares(slots, mask, num_slots):
+    """`(K, num_slots)`: the share of each step's counted samples at each slot, from every
+    sample's `slots (B, K)` and `mask (B, K)` (0/1, `None` for all)."""
+    steps = ops.shape(slots)[1]
+    weights = ops.ones(ops.shape(slots)) if mask is None else ops.cast(mask, "float32")
+    # Histogram of (step, slot) pairs, as a sum over the segments k·S + s.
+    pairs = ops.expand_dims(ops.arange(steps, dtype="int32"), 0) * num_slots + ops.cast(slots, "int32")
+    counts = ops.segment_sum(
+        ops.reshape(ops.cast(weights, "float32"), (-1,)),
+        ops.reshape(pairs, (-1,)),
+        num_segments=steps * num_slots,
+    )
+    counts = ops.reshape(counts, (steps, num_slots))
+    return counts / ops.maximum(ops.sum(counts, axis=-1, keepdims=True), 1.0)
 
 
 def moments_to_sums(moments):
@@ -204,7 +230,8 @@ def moving_average_update(moving_mean, moving_variance, moments, slots, momentum
     Args:
         moving_mean, moving_variance: current population statistics, `(max_timesteps, F)`.
         moments: the batch moments `(count (K,), mean (K, F), M2 (K, F))`.
-        slots: int `(K,)`, the slot of each step.
+        slots: int `(K,)`, the slot of each step, or `(K, max_timesteps)` slot shares
+            (see `merge_moments_by_slot`).
         momentum: the moving average's momentum, in [0, 1).
 
     Returns:
