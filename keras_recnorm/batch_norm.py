@@ -27,6 +27,7 @@ from keras_recnorm.normalization import (
     batch_standardize,
     batch_standardize_backward,
     cross_replica_moments,
+    cross_replica_shares,
     merge_moments,
     merge_moments_by_slot,
     moments_from_variance,
@@ -197,6 +198,8 @@ class BatchNormCell(GatedCell):
         # Under a tf.distribute strategy every replica gets the global batch's moments
         # (a synchronized input term has them already), so each applies the same update
         # to its own mirrored copy and the copies stay identical.
+        if len(slots.shape) == 2:  # shares: from the local counts, before they are global
+            slots = cross_replica_shares(slots, moments[self.normalized_terms[-1]][0])
         moments = {
             term: m if (term == "input" and self.synchronized) else cross_replica_moments(m)
             for term, m in moments.items()

@@ -353,3 +353,14 @@ def cross_replica_moments(moments):
     packed = ops.concatenate([ops.expand_dims(ops.cast(count, total.dtype), -1), total, squares], -1)
     packed = context.all_reduce("sum", packed)
     return moments_from_sums((packed[..., 0], packed[..., 1 : 1 + width], packed[..., 1 + width :]))
+
+
+def cross_replica_shares(shares, count):
+    """The global batch's `slot_shares` from each replica's `(K, S)` shares and its
+    per-step sample `count (K,)` (one all-reduce of the samples per step and slot): a step
+    that some replicas' samples don't reach gets the others' slots, on every replica."""
+    context = _replica_context()
+    if context is None:
+        return shares
+    samples = context.all_reduce("sum", shares * ops.expand_dims(ops.cast(count, shares.dtype), -1))
+    return samples / ops.maximum(ops.sum(samples, axis=-1, keepdims=True), 1.0)
