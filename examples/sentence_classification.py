@@ -40,10 +40,13 @@ if __package__ in (None, ""):  # run as a script: make `examples` and `keras_rec
 
 import numpy as np  # noqa: E402
 
-from examples.common import text_data, tfds_data  # noqa: E402
+from examples.common import distribute, text_data, tfds_data  # noqa: E402
 
 CELLS = ("lstm", "layer_norm", "batch_norm")
 CELL_TITLES = {"lstm": "LSTM", "layer_norm": "LN-LSTM", "batch_norm": "BN-LSTM"}
+
+# The devices and processes chosen with --distribute (set once, first thing in run()).
+setup = distribute.Setup("none")
 
 
 class UsageError(Exception):
@@ -207,6 +210,7 @@ def build_parser():
     output.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                         help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per "
                              "epoch")
+    distribute.add_arguments(parser)
     return parser
 
 
@@ -416,14 +420,17 @@ def token_dataset(vectorizer, pair, batch_size, shuffle_seed=None):
     import tensorflow as tf
 
     texts, labels = pair
-    ds = tf.data.Dataset.from_tensor_slices((tf.constant(texts, dtype=tf.string), labels))
+    if setup.even_batches and len(texts) < batch_size:
+        raise UsageError(f"--distribute jax needs whole batches, and a split of {len(texts)} "
+                         f"sentences has none of --batch-size {batch_size}: use a smaller one.")
+    # Token ids up front (a vectorizer inside the pipeline hides the batch size, which
+    # JAX's multi-process input sharding must know).
+    ids = np.asarray(vectorizer(tf.constant(texts, dtype=tf.string)))
+    ds = tf.data.Dataset.from_tensor_slices((ids, labels))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(texts), seed=shuffle_seed, reshuffle_each_iteration=True)
-
-    def vectorize(texts, labels):
-        return vectorizer(texts), labels
-
-    ds = ds.batch(batch_size).map(vectorize, num_parallel_calls=tf.data.AUTOTUNE)
+    # (Under --distribute jax the batch is sharded over the devices: it must be whole.)
+    ds = ds.batch(batch_size, drop_remainder=setup.even_batches)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -462,10 +469,11 @@ def train_one(cell, split, vectorizer, num_classes, args, seed):
 
     keras.utils.set_random_seed(seed)  # same initial weights and order for every cell
     train, valid, test = split
-    classifier = build_classifier(cell, vectorizer.vocabulary_size(), num_classes, args)
-    optimizer = keras.optimizers.Adam(learning_rate_for(cell, args), clipnorm=args.clip_norm)
-    classifier.compile(optimizer=optimizer,
-                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    with setup.scope():
+        classifier = build_classifier(cell, vectorizer.vocabulary_size(), num_classes, args)
+        optimizer = keras.optimizers.Adam(learning_rate_for(cell, args), clipnorm=args.clip_norm)
+        classifier.compile(optimizer=optimizer,
+                           loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     timer = epoch_timer()
     stopper = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
                                             patience=args.patience,
@@ -592,8 +600,15 @@ def export(model, output_dir):
     """model.keras and a SavedModel (TF Serving layout) answering raw sentences."""
     from keras_recnorm.export import export_saved_model
 
+    import keras
+
     model.save(os.path.join(output_dir, "model.keras"))
-    return export_saved_model(model, os.path.join(output_dir, "saved_model"), overwrite=True)
+    saved_model = os.path.join(output_dir, "saved_model")
+    if keras.backend.backend() != "tensorflow":  # (--distribute jax) TensorFlow writes those
+        print(f"to export for TF Serving: KERAS_BACKEND=tensorflow python export/export_model.py "
+              f"{os.path.join(output_dir, 'model.keras')} {saved_model}")
+        return None
+    return export_saved_model(model, saved_model, overwrite=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -683,8 +698,12 @@ def summarize_runs(results, keys):
 
 
 def run(args):
+    global setup
     started = time.perf_counter()
     check_arguments(args)
+    setup = distribute.configure(args)  # before TensorFlow or JAX start
+    if setup.mode != "none":
+        print(f"--distribute {setup.mode}: {setup.describe()}")
     cells = list(CELLS) if args.cell == "all" else [args.cell]
     # All input is read and checked before anything is written to --output-dir.
     data = load_data(args)
@@ -696,6 +715,7 @@ def run(args):
     metrics = {
         "data": data.source, "class_names": data.class_names, "arguments": vars(args),
         "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M %Z"), "notes": data.notes,
+        "distribute": setup.describe(),
     }
     if data.folds is not None:
         results, rows, curves = cross_validate(args, data, cells)
@@ -707,7 +727,7 @@ def run(args):
 
     from examples.common.plotting import plot_curves
 
-    output_dir = Path(args.output_dir)
+    output_dir = setup.output_dir(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     name = data.source.split(":", 1)[1]
     name = Path(name).stem if data.source.startswith("file:") else name  # stsa.binary
@@ -719,12 +739,12 @@ def run(args):
     if best_model is not None and not args.no_export:
         path = export(best_model, str(output_dir))
         metrics["model"] = str(output_dir / "model.keras")
-        metrics["saved_model"] = str(path)
+        metrics["saved_model"] = None if path is None else str(path)
         which = CELL_TITLES[metrics["best_cell"]]
         if args.seeds > 1:
             which += f", seed {metrics['best_seed']}"
-        print(f"\n{which} (best validation accuracy) saved to "
-              f"{metrics['model']} and exported to {path}")
+        exported = "" if path is None else f" and exported to {path}"
+        print(f"\n{which} (best validation accuracy) saved to {metrics['model']}{exported}")
     metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
     with open(output_dir / "metrics.json", "w") as f:
         json.dump(metrics, f, indent=2)
@@ -750,7 +770,7 @@ def main(argv=None):
     try:
         run(args)
     except (UsageError, tfds_data.DatasetUnavailable, tfds_data.FeatureError,
-            text_data.DataError) as error:
+            text_data.DataError, distribute.DistributeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

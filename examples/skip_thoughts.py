@@ -37,7 +37,7 @@ from keras import ops  # noqa: E402
 
 import keras_recnorm  # noqa: E402
 from keras_recnorm.export import export_saved_model  # noqa: E402
-from examples.common import tfds_data  # noqa: E402
+from examples.common import distribute, tfds_data  # noqa: E402
 from examples.common.plotting import plot_curves  # noqa: E402
 from examples.common.sentences import build_triples, split_sentences  # noqa: E402
 
@@ -145,6 +145,7 @@ def build_parser():
     out.add_argument("--no-export-check", action="store_true",
                      help="Skip reloading the SavedModel in a fresh process to compare its "
                           "vectors with the Keras encoder's (saves ~10 s).")
+    distribute.add_arguments(parser)
     return parser
 
 
@@ -235,7 +236,8 @@ def index_triples(vectorizer, documents, max_length):
     return ids[np.asarray(rows, np.int64)] if rows else ids[:0], triples
 
 
-def make_dataset(ids, triples, eos_id, batch_size, *, shuffle, seed, repeat=False):
+def make_dataset(ids, triples, eos_id, batch_size, *, shuffle, seed, repeat=False,
+                 fixed_shape=False):
     """Batches of ({current, previous_in, next_in}, targets), grouped by sentence length.
 
     Decoders are teacher-forced: the input is EOS followed by the sentence, the target is the
@@ -245,13 +247,19 @@ def make_dataset(ids, triples, eos_id, batch_size, *, shuffle, seed, repeat=Fals
     longest sentence) and each batch is padded only to its own longest sentence: most
     sentences are short, and the vocabulary softmax over padding would cost more than the
     words. With `repeat`, the triples are reshuffled and served again without end (for
-    `fit(steps_per_epoch=...)`).
+    `fit(steps_per_epoch=...)`). With `fixed_shape` (`--distribute jax`), every batch
+    has `batch_size` triples padded to `max_length` words, without buckets: JAX shards each
+    batch over its devices and processes (it must be whole, of a size Keras can read from
+    the pipeline), and compiles the step once for one shape; the last partial batch is
+    left out.
     """
     table = tf.constant(ids)
     sentence_lengths = np.count_nonzero(ids, axis=1)
     longest = sentence_lengths[triples].max(axis=1) if len(triples) else np.zeros(0, np.int64)
 
     def trim(rows):
+        if fixed_shape:
+            return rows
         length = tf.reduce_max(tf.math.count_nonzero(rows, axis=1, dtype=tf.int32))
         return rows[:, :tf.maximum(length, 1)]
 
@@ -277,6 +285,8 @@ def make_dataset(ids, triples, eos_id, batch_size, *, shuffle, seed, repeat=Fals
         dataset = dataset.shuffle(len(triples), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
+    if fixed_shape:
+        return dataset.batch(batch_size, drop_remainder=True).map(to_batch).prefetch(2)
     boundaries = list(range(5, ids.shape[1] + 1, 5)) or [ids.shape[1]]
     dataset = dataset.bucket_by_sequence_length(
         lambda index, length: tf.cast(length, tf.int32), boundaries,
@@ -431,13 +441,16 @@ def main(argv=None, *, extra_callbacks=()):
     args = build_parser().parse_args(argv)
     try:
         return run(args, extra_callbacks)
-    except UsageError as error:
+    except (UsageError, distribute.DistributeError) as error:
         print(f"skip_thoughts.py: error: {error}", file=sys.stderr)
         return 2
 
 
 def run(args, extra_callbacks=()):
-    output_dir = Path(args.output_dir or Path("runs", "skip_thoughts", args.cell))
+    setup = distribute.configure(args)  # before TensorFlow or JAX start
+    if setup.mode != "none":
+        print(f"--distribute {setup.mode}: {setup.describe()}")
+    output_dir = setup.output_dir(args.output_dir or Path("runs", "skip_thoughts", args.cell))
     backup_dir = output_dir / "backup"
     vocabulary_path = backup_dir / "vocabulary.txt"
     history_path = output_dir / "history.csv"
@@ -468,18 +481,25 @@ def run(args, extra_callbacks=()):
         raise UsageError("no document has 3 or more sentences with words; nothing to train on.")
     print(f"{len(train_triples)} training triples, {len(valid_triples)} validation triples, "
           f"vocabulary {vocab_size} words (+ EOS).")
+    fixed = setup.mode == "jax"
+    if fixed and min(len(train_triples), len(valid_triples) or np.inf) < args.batch_size:
+        raise UsageError(f"--distribute jax needs whole batches, and a split has fewer than "
+                         f"--batch-size {args.batch_size} triples: use a smaller one.")
     train_data = make_dataset(train_ids, train_triples, eos_id, args.batch_size, shuffle=True,
-                              seed=args.seed, repeat=args.steps_per_epoch is not None)
+                              seed=args.seed, repeat=args.steps_per_epoch is not None,
+                              fixed_shape=fixed)
     valid_data = (make_dataset(valid_ids, valid_triples, eos_id, args.batch_size,
-                               shuffle=False, seed=args.seed) if len(valid_triples) else None)
+                               shuffle=False, seed=args.seed, fixed_shape=fixed)
+                  if len(valid_triples) else None)
 
     # ---- model -------------------------------------------------------------------------
-    model, token_encoder = build_models(vocab_size, args)
-    model.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate, clipnorm=args.clipnorm),
-        loss=SummedCrossEntropy(),
-        metrics=[Perplexity()],
-    )
+    with setup.scope():
+        model, token_encoder = build_models(vocab_size, args)
+        model.compile(
+            optimizer=keras.optimizers.Adam(args.learning_rate, clipnorm=args.clipnorm),
+            loss=SummedCrossEntropy(),
+            metrics=[Perplexity()],
+        )
 
     # ---- training ----------------------------------------------------------------------
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -512,6 +532,12 @@ def run(args, extra_callbacks=()):
     # ---- export ------------------------------------------------------------------------
     encoder = string_encoder(vectorizer, token_encoder)
     encoder.save(output_dir / "encoder.keras")
+    if keras.backend.backend() != "tensorflow":  # (--distribute jax) TensorFlow writes those
+        print(f"Wrote {output_dir / 'encoder.keras'}, {history_path}, "
+              f"{output_dir / 'perplexity.png'}. To export for TF Serving: KERAS_BACKEND="
+              f"tensorflow python export/export_model.py {output_dir / 'encoder.keras'} "
+              f"{output_dir / 'saved_model'}")
+        return 0
     saved_model = export_saved_model(encoder, output_dir / "saved_model", args.export_version,
                                      overwrite=True, verify=not args.no_export_check)
     print(f"Wrote {output_dir / 'encoder.keras'}, {saved_model}, {history_path}, "

@@ -90,3 +90,19 @@ def assert_padded_states_match_alone(model, padded, sequences):
         for got, want in zip(padded_states, alone):
             np.testing.assert_allclose(to_numpy(got)[row], to_numpy(want)[0], atol=1e-5)
     return padded_states
+
+
+def run_example(script, argv, backend, cwd, env=None, timeout=300):
+    """Runs `examples/<script>` in a fresh process on `backend` (for device setups that
+    must come before TensorFlow/JAX start); asserts it succeeds and returns its stdout."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "KERAS_BACKEND": backend,
+           "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    result = subprocess.run([sys.executable, str(root / "examples" / script), *map(str, argv)],
+                            env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result.stdout

@@ -16,6 +16,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 tf = pytest.importorskip("tensorflow")
 
 from examples import sentence_classification as sc  # noqa: E402
+from tests.conftest import run_example  # noqa: E402
 from examples.common import text_data, tfds_data  # noqa: E402
 
 TINY = ["--units", "4", "--embedding-dim", "4", "--max-length", "8", "--vocab-size", "60",
@@ -116,7 +117,9 @@ def test_help_explains_every_option(capsys):
                    "--cv", "--cell", "--bidirectional", "--units", "--layers", "--vocab-size",
                    "--max-length", "--epochs", "--batch-size", "--learning-rate",
                    "--normalized-learning-rate", "--layer-norm-learning-rate",
-                   "--batch-norm-learning-rate", "--seed", "--seeds", "--output-dir"):
+                   "--batch-norm-learning-rate", "--seed", "--seeds", "--output-dir",
+                   "--distribute", "--cpu-devices", "--coordinator", "--num-processes",
+                   "--process-id"):
         assert option in out
 
 
@@ -340,6 +343,9 @@ def test_no_network_stops_at_once_with_one_line_and_no_files(tmp_path, capsys, m
     (["--cv", "5"], "--cv needs --train-file"),
     (["--train-file", __file__, "--cv", "5", "--seeds", "3"], "--cv already averages over folds"),
     (["--dataset", "imdb_review"], "Did you mean imdb_reviews"),
+    (["--train-file", __file__, "--num-processes", "2"],
+     "--coordinator and --num-processes need --distribute jax"),
+    (["--train-file", __file__, "--cpu-devices", "2"], "--cpu-devices needs --distribute mirrored"),
 ])
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, argv, expected):
     out = tmp_path / "never"
@@ -347,3 +353,47 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, argv, expecte
     assert status == 2
     assert expected in error_line(err)
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------ --distribute
+# Each mode needs its devices set up before TensorFlow/JAX start: a fresh process per run.
+
+
+def run_distributed(argv, backend, cwd, env=None):
+    return run_example("sentence_classification.py", argv, backend, cwd, env)
+
+
+def test_distribute_mirrored_over_two_cpu_devices(tmp_path):
+    data = write_label_sentence(tmp_path / "train.txt", 40)
+    out = tmp_path / "out"
+    stdout = run_distributed(["--train-file", data, "--cell", "batch_norm", "--no-export",
+                              "--distribute", "mirrored", "--cpu-devices", "2",
+                              "--output-dir", out, *TINY], "tensorflow", tmp_path)
+    assert "--distribute mirrored: MirroredStrategy over 2 replica(s)" in stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["distribute"] == "MirroredStrategy over 2 replica(s)"
+    assert metrics["cells"]["batch_norm"]["epochs_trained"] == 1
+
+
+def test_distribute_jax_over_two_devices_saves_the_model(tmp_path):
+    data = write_label_sentence(tmp_path / "train.txt", 40)
+    out = tmp_path / "out"
+    # 36 training and 4 validation sentences: whole batches of 4 on 2 devices.
+    argv = ["--train-file", data, "--cell", "batch_norm", "--distribute", "jax",
+            "--output-dir", out, *TINY, "--batch-size", "4"]
+    stdout = run_distributed(argv, "jax", tmp_path,
+                             {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert "JAX DataParallel over 2 device(s) in 1 process(es)" in stdout
+    assert "KERAS_BACKEND=tensorflow python export/export_model.py" in stdout
+    model = keras_load(out / "model.keras")
+    statistics = [w for w in model.weights if "moving_mean" in w.path]
+    assert statistics and all(np.abs(np.asarray(w)).max() > 0 for w in statistics)
+    assert json.loads((out / "metrics.json").read_text())["saved_model"] is None
+
+
+def keras_load(path):
+    import keras
+
+    import keras_recnorm  # noqa: F401 (registers the layers)
+
+    return keras.saving.load_model(path)

@@ -16,6 +16,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from examples import skip_thoughts, skip_thoughts_eval  # noqa: E402
+from tests.conftest import run_example  # noqa: E402
 from examples.common.sentences import (  # noqa: E402
     build_triples,
     iter_triples,
@@ -273,3 +274,43 @@ def test_eval_bad_input(tmp_path, capsys):
     (tmp_path / "t.all").write_text("1 good\n0 bad\n")
     assert skip_thoughts_eval.main(["--task", str(tmp_path / "t.all"), "--c-grid", "0,1"]) == 2
     assert "--c-grid" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# --distribute: devices are set up before TensorFlow/JAX start, so each run is a fresh process
+# --------------------------------------------------------------------------------------------
+
+
+def run_distributed(argv, backend, cwd, env=None):
+    return run_example("skip_thoughts.py", argv, backend, cwd, env)
+
+
+@pytest.mark.parametrize("mode, backend, env, message", [
+    ("mirrored", "tensorflow", {}, "MirroredStrategy over 2 replica(s)"),
+    ("jax", "jax", {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+     "JAX DataParallel over 2 device(s) in 1 process(es)"),
+])
+def test_batch_norm_encoder_trains_under_distribute(tmp_path, mode, backend, env, message):
+    files = write_corpus(tmp_path, np.random.default_rng(0))
+    output_dir = tmp_path / "run"
+    extra = ["--cpu-devices", "2"] if mode == "mirrored" else []
+    argv = ["--text-files", *files, "--cell", "batch_norm_lstm", "--epochs", "1",
+            "--distribute", mode, *extra, *tiny_args(output_dir, "--batch-size", "4")]
+    stdout = run_distributed(argv, backend, tmp_path, env)
+    assert message in stdout
+    assert len(skip_thoughts.read_history(output_dir / "history.csv")) == 1
+    encoder = keras.saving.load_model(output_dir / "encoder.keras")
+    vectors = np.asarray(encoder(tf.constant(["The sun is warm.", "Rain!"])))
+    assert vectors.shape == (2, 8) and np.all(np.isfinite(vectors))
+    moving = [w for w in encoder.weights if "moving_mean" in w.path]
+    assert moving and all(np.abs(np.asarray(w)).max() > 0 for w in moving)
+
+
+def test_distribute_options_need_their_mode(tmp_path, capsys):
+    files = write_corpus(tmp_path, np.random.default_rng(0))
+    output_dir = tmp_path / "out"
+    assert skip_thoughts.main(["--text-files", *files, "--num-processes", "2",
+                               "--output-dir", str(output_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--coordinator and --num-processes need --distribute jax" in err
+    assert len(err.splitlines()) == 1 and not output_dir.exists()
