@@ -50,18 +50,20 @@ def _layer_standardized(x, epsilon):
     """`(x̂, rstd)` over the last axis, in float32 (float64 for float64 input); x̂ has
     the derivative of `layer_standardize_backward`, rstd none (it is a residual)."""
     x32 = ops.cast(x, statistics_dtype(x))
-    # The statistics' own derivative is inside layer_standardize_backward's formula.
-    constant = ops.stop_gradient(x32)
-    mean = ops.mean(constant, axis=-1, keepdims=True)
-    rstd = ops.rsqrt(ops.mean(ops.square(constant - mean), axis=-1, keepdims=True) + epsilon)
-    return _standardized_by(x32, mean, rstd), rstd
+    mean = ops.mean(x32, axis=-1, keepdims=True)
+    centered = x32 - mean
+    rstd = ops.rsqrt(ops.mean(ops.square(centered), axis=-1, keepdims=True) + epsilon)
+    # The statistics' own derivative is part of layer_standardize_backward's formula.
+    centered, rstd = ops.stop_gradient(centered), ops.stop_gradient(rstd)
+    return _standardized_by(x32, centered, rstd), rstd
 
 
 @ops.custom_gradient
-def _standardized_by(x, mean, rstd):
-    """`(x − mean) · rstd`, differentiated by `layer_standardize_backward` as a function
-    of `x` alone (`mean` and `rstd` are `x`'s own statistics: they get no gradient)."""
-    x_hat = (x - mean) * rstd
+def _standardized_by(x, centered, rstd):
+    """`centered · rstd`, the standardized `x` (`centered = x − mean(x)` and `rstd` are
+    `x`'s own, without gradient), differentiated by `layer_standardize_backward` as a
+    function of `x`."""
+    x_hat = centered * rstd
 
     def gradient(*args, upstream=None):
         # TensorFlow and JAX pass the upstream gradient positionally, torch by keyword.
@@ -70,7 +72,7 @@ def _standardized_by(x, mean, rstd):
         d = ops.cast(upstream, x_hat.dtype)
         return (
             layer_standardize_backward(d, x_hat, rstd),
-            ops.zeros_like(mean),
+            ops.zeros_like(centered),
             ops.zeros_like(rstd),
         )
 
@@ -197,9 +199,9 @@ def layer_standardize_backward(d, x_hat, rstd):
     degenerate vector (mean(x̂²) < DEGENERATE_POWER, i.e. var < ~1e-6·ε; see above)."""
     d_mean = ops.mean(d, axis=-1, keepdims=True)
     projection = ops.mean(d * x_hat, axis=-1, keepdims=True)
-    exact = rstd * (d - d_mean - x_hat * projection)
-    degenerate = ops.mean(ops.square(x_hat), axis=-1, keepdims=True) < DEGENERATE_POWER
-    return ops.where(degenerate, ops.zeros_like(exact), exact)
+    power = ops.mean(ops.square(x_hat), axis=-1, keepdims=True)
+    gain = rstd * ops.cast(power >= DEGENERATE_POWER, rstd.dtype)  # 0 if degenerate
+    return gain * (d - d_mean - x_hat * projection)
 
 
 def batch_standardize(x, epsilon, weights=None):

@@ -138,8 +138,8 @@ def test_all_zero_sample_gradient_is_like_lstm(name, rng):
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_input_dropout_on_two_features_keeps_weights_finite(name):
     """dropout=0.3 on 2 features, one mask per sequence: ~9% of the sequences lose both
-    features and are all zero. Several seeds, 3 epochs."""
-    for seed in range(3):
+    features and are all zero (~17 expected per run here). Two seeds, 3 epochs."""
+    for seed in range(2):
         keras.utils.set_random_seed(seed)
         x, y = regression_data(np.random.default_rng(seed), 64, 16, 2)
         model = model_of(VARIANTS[name](16, dropout=0.3), 16, 2)
