@@ -4,7 +4,7 @@ docs/degenerate_inputs.md).
 From h₀ = 0, zero input keeps h = c = 0, and the exact derivative of the LN of a zero vector
 is γ/√ε·(I − 11ᵀ/N): applied at every step it overflows into NaN. The backward treats a
 degenerate vector's normalized value as a constant; everywhere else it is the exact
-derivative. Backend-agnostic: `make test` runs this file on TensorFlow and on JAX.
+derivative. Backend-agnostic: run it on TensorFlow and with KERAS_BACKEND=jax.
 """
 
 import keras
@@ -65,24 +65,32 @@ def test_the_variants_take_the_paths_they_name():
         assert not VARIANTS["LayerNormLSTM-generic"](4).uses_fused_loop()
 
 
-def weight_gradients(model, x, y):
-    """Gradients of the mean squared error with respect to every trainable weight, in
-    training mode (the fused loop runs on TensorFlow)."""
+def gradients(model, x, loss_of_output):
+    """Gradients of `loss_of_output(model(x, training=True))` for `[x] + trainable
+    weights` (training: the fused loop runs on TensorFlow)."""
     if TENSORFLOW:
         import tensorflow as tf
 
+        x = tf.constant(x)
         with tf.GradientTape() as tape:
-            loss = ops.mean(ops.square(model(x, training=True) - y))
-        return [to_numpy(g) for g in tape.gradient(loss, model.trainable_variables)]
+            tape.watch(x)
+            loss = loss_of_output(model(x, training=True))
+        return [to_numpy(g) for g in tape.gradient(loss, [x] + model.trainable_variables)]
     import jax
 
     non_trainable = [v.value for v in model.non_trainable_variables]
 
-    def loss(trainable):
-        prediction, _ = model.stateless_call(trainable, non_trainable, x, training=True)
-        return ops.mean(ops.square(prediction - y))
+    def loss(x, trainable):
+        outputs, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+        return loss_of_output(outputs)
 
-    return [np.asarray(g) for g in jax.grad(loss)([v.value for v in model.trainable_variables])]
+    dx, dw = jax.grad(loss, argnums=(0, 1))(x, [v.value for v in model.trainable_variables])
+    return [np.asarray(g) for g in [dx] + dw]
+
+
+def weight_gradients(model, x, y):
+    """Gradients of the mean squared error for every trainable weight."""
+    return gradients(model, x, lambda prediction: ops.mean(ops.square(prediction - y)))[1:]
 
 
 def assert_finite_weights(model):
@@ -98,10 +106,10 @@ def assert_gradients_like_lstm(make_layer, x, y, units=8):
     model = model_of(make_layer(units), timesteps, features)
     keras.utils.set_random_seed(3)
     lstm = model_of(keras.layers.LSTM(units), timesteps, features)
-    gradients = weight_gradients(model, x, y)
-    for variable, gradient in zip(model.trainable_variables, gradients):
+    model_gradients = weight_gradients(model, x, y)
+    for variable, gradient in zip(model.trainable_variables, model_gradients):
         assert np.isfinite(gradient).all(), variable.path
-    largest = max(np.abs(g).max() for g in gradients)
+    largest = max(np.abs(g).max() for g in model_gradients)
     lstm_largest = max(np.abs(g).max() for g in weight_gradients(lstm, x, y))
     assert largest < 100 * lstm_largest, (largest, lstm_largest)
 
@@ -161,28 +169,6 @@ def exact_layer_standardized(x, epsilon):
     return (x - mean) * rstd, rstd
 
 
-def input_and_weight_gradients(layer, x, probe):
-    """Gradients of `sum(layer(x) * probe)` (training mode) for `[x] + trainable weights`."""
-    if TENSORFLOW:
-        import tensorflow as tf
-
-        x = tf.constant(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = ops.sum(layer(x, training=True) * probe)
-        return [to_numpy(g) for g in tape.gradient(loss, [x] + layer.trainable_variables)]
-    import jax
-
-    non_trainable = [v.value for v in layer.non_trainable_variables]
-
-    def loss(x, trainable):
-        outputs, _ = layer.stateless_call(trainable, non_trainable, x, training=True)
-        return ops.sum(outputs * probe)
-
-    dx, dw = jax.grad(loss, argnums=(0, 1))(x, [v.value for v in layer.trainable_variables])
-    return [np.asarray(g) for g in [dx] + dw]
-
-
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_gradient_is_exact_on_ordinary_inputs(name, rng, monkeypatch):
     """Every LN cell and layer, fused or not, against autodiff of the plain LN formula
@@ -193,12 +179,12 @@ def test_gradient_is_exact_on_ordinary_inputs(name, rng, monkeypatch):
     layer = VARIANTS[name](5, return_sequences=True, dtype=dtype)
     layer(x)
     weights = randomize_weights(layer, rng)
-    got = input_and_weight_gradients(layer, x, probe)
+    got = gradients(layer, x, lambda outputs: ops.sum(outputs * probe))
     monkeypatch.setattr(normalization, "_layer_standardized", exact_layer_standardized)
     exact = generic(VARIANTS[name](5, return_sequences=True, dtype=dtype))
     exact(x)
     set_weights_by_name(exact, weights)
-    want = input_and_weight_gradients(exact, x, probe)
+    want = gradients(exact, x, lambda outputs: ops.sum(outputs * probe))
     assert len(got) == len(want) == 1 + len(layer.trainable_variables)
     tolerance = 1e-6 if TENSORFLOW else 1e-4
     for a, b in zip(got, want):
