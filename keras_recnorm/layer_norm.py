@@ -2,6 +2,14 @@
 
 The statistics are taken over the units of one layer for one sample, so they are the
 same at training and inference and need no batch. Equations: DESIGN.md.
+
+Degenerate inputs: every LN here differentiates through `keras_recnorm.normalization`,
+whose one rule gives the exact derivative, except that a normalized vector with a
+numerically zero variance (an all-zero input step; the zero state that a zero sequence
+keeps from h₀ = 0) passes no gradient back through its normalization. The exact
+derivative there, γ/√ε per LN and step, overflows to NaN along a run of zero steps.
+The forward pass is DESIGN.md's everywhere. Why and what to expect:
+docs/degenerate_inputs.md.
 """
 
 import keras
@@ -31,7 +39,10 @@ _SHARED_ARGS_DOC = """
             beta_constraint: constraints of those weights.
         dropout: fraction of the input units to drop, in [0, 1). One mask per sequence.
         recurrent_dropout: fraction of the recurrent state's units to drop, in [0, 1).
-        epsilon: added to the variance inside the square root (default 1e-5).
+        epsilon: added to the variance inside the square root (default 1e-5). In the
+            backward pass a normalized vector whose variance is below ~1e-6·epsilon
+            (e.g. all-zero input steps) is treated as a constant: its normalization
+            passes no gradient (docs/degenerate_inputs.md).
         seed: random seed of the dropout masks.
 """
 
@@ -129,7 +140,8 @@ class LayerNormLSTMCell(GatedCell):
 
     def step_backward(self, weights, residuals, h, c, mask, dh_new, dc_new):
         """The derivative of `step_forward` (sigmoid gates, tanh): from the gradients of
-        `h'` and `c'`, those of `x`, `h`, `c` and the weights."""
+        `h'` and `c'`, those of `x`, `h`, `c` and the weights. Each LN's derivative is
+        `layer_standardize_backward`'s (0 for a degenerate vector), as under autodiff."""
         kernel, input_gamma, recurrent_kernel, recurrent_gamma, cell_gamma, _ = weights[:6]
         (x, input_hat, input_rstd, recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd,
          cell_output) = residuals

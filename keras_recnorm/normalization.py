@@ -22,6 +22,10 @@ def layer_norm(x, gamma, beta=None, epsilon=1e-5):
     last axis. The statistics are computed in float32 even when `x` is float16/bfloat16:
     a sum of squares over a few thousand features easily overflows float16.
 
+    Differentiable on every backend with the derivative of `layer_standardize_backward`:
+    the exact one, except for a degenerate `x` (constant, e.g. all zero), which gets no
+    gradient through the normalization (docs/degenerate_inputs.md).
+
     Args:
         x: tensor of any rank; normalized over its last axis.
         gamma: gain, shape `(x.shape[-1],)`.
@@ -44,12 +48,36 @@ def _gain_and_shift(x_hat, gamma, beta, dtype):
 
 
 def _layer_standardized(x, epsilon):
-    """`(x̂, rstd)` over the last axis, in float32 (float64 for float64 input)."""
+    """`(x̂, rstd)` over the last axis, in float32 (float64 for float64 input); x̂ has
+    the derivative of `layer_standardize_backward`, rstd none (it is a residual)."""
     x32 = ops.cast(x, statistics_dtype(x))
     mean = ops.mean(x32, axis=-1, keepdims=True)
     centered = x32 - mean
     rstd = ops.rsqrt(ops.mean(ops.square(centered), axis=-1, keepdims=True) + epsilon)
-    return centered * rstd, rstd
+    # The statistics' own derivative is part of layer_standardize_backward's formula.
+    centered, rstd = ops.stop_gradient(centered), ops.stop_gradient(rstd)
+    return _standardized_by(x32, centered, rstd), rstd
+
+
+@ops.custom_gradient
+def _standardized_by(x, centered, rstd):
+    """`centered · rstd`, the standardized `x` (`centered = x − mean(x)` and `rstd` are
+    `x`'s own, without gradient), differentiated by `layer_standardize_backward` as a
+    function of `x`."""
+    x_hat = centered * rstd
+
+    def gradient(*args, upstream=None):
+        # TensorFlow and JAX pass the upstream gradient positionally, torch by keyword.
+        if upstream is None:
+            (upstream,) = args
+        d = ops.cast(upstream, x_hat.dtype)
+        return (
+            layer_standardize_backward(d, x_hat, rstd),
+            ops.zeros_like(centered),
+            ops.zeros_like(rstd),
+        )
+
+    return x_hat, gradient
 
 
 def batch_moments(x, mask=None):
@@ -257,20 +285,36 @@ def moving_average_update(moving_mean, moving_variance, moments, slots, momentum
 # `x̂ = (x − mean) · rstd`, `rstd = 1 / sqrt(var + ε)`. The backward of a standardization,
 # given d = ∂L/∂x̂ (the gain already applied), is `rstd · (d − mean(d) − x̂ · mean(d · x̂))`
 # with the means over the same samples as the statistics.
+#
+# Degenerate vectors. A constant vector (an all-zero input step, the zero state a zero
+# sequence keeps) has var = 0 and x̂ = 0, and that derivative is rstd·(d − mean(d)) with
+# rstd = 1/sqrt(ε) (316 at ε = 1e-5). Along a run of zero steps a recurrent cell applies it
+# to h and c at every step, so the exact gradient grows ~10⁴× per step into inf and NaN.
+# Where x̂'s mean square var/(var + ε) is below DEGENERATE_POWER (var below ~1e-6·ε:
+# x̂ is numerically zero, and ε, not the data, sets the normalization's gain), the LN
+# derivative is taken as 0: the normalized value is treated as a constant. Everywhere
+# else the derivative is the exact one. The choice and its reasons:
+# docs/degenerate_inputs.md.
+
+DEGENERATE_POWER = 1e-6
 
 
 def layer_standardize(x, epsilon):
     """Standardizes over the last axis; returns `(x̂, rstd)` in the dtype of `x`, rstd of
-    shape `(..., 1)`. The statistics are taken in float32 under half precision."""
+    shape `(..., 1)`. The statistics are taken in float32 under half precision. Under
+    autodiff x̂ has the derivative of `layer_standardize_backward`."""
     x_hat, rstd = _layer_standardized(x, epsilon)
     return ops.cast(x_hat, x.dtype), ops.cast(rstd, x.dtype)
 
 
 def layer_standardize_backward(d, x_hat, rstd):
-    """∂L/∂x from `d = ∂L/∂x̂` for `layer_standardize`."""
+    """∂L/∂x from `d = ∂L/∂x̂` for `layer_standardize`: the exact derivative, and 0 for a
+    degenerate vector (mean(x̂²) < DEGENERATE_POWER, i.e. var < ~1e-6·ε; see above)."""
     d_mean = ops.mean(d, axis=-1, keepdims=True)
     projection = ops.mean(d * x_hat, axis=-1, keepdims=True)
-    return rstd * (d - d_mean - x_hat * projection)
+    power = ops.mean(ops.square(x_hat), axis=-1, keepdims=True)
+    gain = rstd * ops.cast(power >= DEGENERATE_POWER, rstd.dtype)  # 0 if degenerate
+    return gain * (d - d_mean - x_hat * projection)
 
 
 def batch_standardize(x, epsilon, weights=None):
