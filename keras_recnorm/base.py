@@ -8,7 +8,8 @@ The paper-specific parts (where and how the pre-activations are normalized) live
 import keras
 from keras import activations, constraints, initializers, ops, regularizers
 from keras.layers import Layer
-from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
+
+from keras_recnorm.compat import DropoutRNNCell, rnn
 
 
 def check_positive_int(name, value):
@@ -375,7 +376,7 @@ class NormalizedRNN(keras.layers.RNN):
 
     def run_loop(self, step, sequences, initial_state, mask, return_all_outputs):
         # keras.ops has no RNN loop with masking; the backend's is the one RNN uses.
-        return keras.src.backend.rnn(
+        return rnn(
             step,
             sequences,
             initial_state,

@@ -38,6 +38,8 @@ import warnings
 import keras
 import numpy as np
 
+from keras_recnorm import compat
+
 INPUT_NAME = "inputs"
 OUTPUT_NAME = "outputs"
 SIGNATURE_NAME = "serving_default"
@@ -597,14 +599,10 @@ def _import_onnx_tools():
 
 def _patch_tf2onnx():
     # tf2onnx 1.17 still uses NumPy 1 names; Keras ships the patch that its own ONNX export
-    # applies. Without it (older Keras), simple graphs convert anyway.
-    try:
-        from keras.src.export.tf2onnx_lib import patch_tf2onnx
-    except ImportError:
-        return
+    # applies.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        patch_tf2onnx()
+        compat.patch_tf2onnx()
 
 
 def _name_dynamic_dims(model_proto, spec):
