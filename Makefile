@@ -15,7 +15,7 @@ TORCH ?= torch==2.13.0
 TORCH_STAMP := $(VENV)/.torch-installed-$(shell echo "$(TORCH)" | cksum | cut -d' ' -f1)
 
 # The library's own tests: every cell and layer against the NumPy reference.
-LIBRARY_TESTS := tests/test_layer_norm.py tests/test_batch_norm.py tests/test_layers.py tests/test_normalization.py tests/test_compat.py
+LIBRARY_TESTS := tests/test_layer_norm.py tests/test_batch_norm.py tests/test_layers.py tests/test_normalization.py tests/test_compat.py tests/test_errors.py
 SECONDARY := -q -p no:cacheprovider
 
 .PHONY: test test-tensorflow test-jax test-torch test-oldest demo clean
@@ -48,7 +48,7 @@ $(OLDEST_STAMP): $(PY_OLDEST) setup.cfg pyproject.toml .ci/oldest.txt
 # JAX (where a variable can't be updated inside the loop: the BN layers must update after
 # it); the library tests on torch.
 test:
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-tensorflow test-oldest test-jax
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-tensorflow test-oldest test-jax test-torch
 
 test-tensorflow: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -5,6 +5,8 @@ The paper-specific parts (where and how the pre-activations are normalized) live
 `layer_norm.py` and `batch_norm.py`.
 """
 
+import inspect
+
 import keras
 from keras import activations, constraints, initializers, ops, regularizers
 from keras.layers import Layer
@@ -312,6 +314,21 @@ def lstm_gates_backward(dc, d_o, gates, c):
     return dz, dc * f
 
 
+def check_known_arguments(layer, kwargs):
+    """Arguments that neither the layer's cell nor a Keras layer takes: named as the
+    layer's (the cell would report them as its own)."""
+    known = set()
+    for cls in type(layer).cell_class.__mro__:
+        if "__init__" in vars(cls):
+            known.update(inspect.signature(cls.__init__).parameters)
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(
+            f"Unrecognized keyword arguments passed to {type(layer).__name__}: {unknown}. It "
+            f"takes the arguments of {type(layer).cell_class.__name__} and of keras.layers.RNN."
+        )
+
+
 # Keyword arguments that belong to the layer itself, not to its cell.
 _LAYER_KWARGS = ("name", "dtype", "trainable", "autocast", "input_shape", "input_dim")
 
@@ -340,6 +357,7 @@ class NormalizedRNN(keras.layers.RNN):
         **kwargs,
     ):
         layer_kwargs = {key: kwargs.pop(key) for key in _LAYER_KWARGS if key in kwargs}
+        check_known_arguments(self, kwargs)
         cell = self.cell_class(
             units,
             dtype=layer_kwargs.get("dtype"),
@@ -357,6 +375,15 @@ class NormalizedRNN(keras.layers.RNN):
             zero_output_for_mask=zero_output_for_mask,
             **layer_kwargs,
         )
+
+    def build(self, sequences_shape, initial_state_shape=None):
+        if len(sequences_shape) != 3:  # before the cell sees (and names) one step's shape
+            raise ValueError(
+                f"{type(self).__name__} expects sequences of rank 3 (batch, timesteps, "
+                f"features); got shape {tuple(sequences_shape)}. For one step per sample, add "
+                "a time axis of length 1."
+            )
+        super().build(sequences_shape, initial_state_shape)
 
     def call(self, sequences, initial_state=None, mask=None, training=False):
         check_numeric_inputs(self, sequences)
