@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat setup.cfg | cksum | cut -d' ' -f1)
 
 # The oldest supported Keras and TensorFlow (.ci/oldest.txt, setup.cfg's lower bounds).
 VENV_OLDEST := .venv-oldest
@@ -10,9 +9,10 @@ PY_OLDEST := $(VENV_OLDEST)/bin/python
 OLDEST_STAMP := $(VENV_OLDEST)/.installed-$(shell cat setup.cfg .ci/oldest.txt | cksum | cut -d' ' -f1)
 
 # torch for the torch-backend run: the CPU build (pip takes it from the local file where
-# the machine has one; a plain `torch` would fetch a CUDA build of several GB).
+# the machine has one; a plain `torch` would fetch a CUDA build of several GB). Installed
+# with the rest, so that no install runs beside a test run in the same environment.
 TORCH ?= torch==2.13.0
-TORCH_STAMP := $(VENV)/.torch-installed-$(shell echo "$(TORCH)" | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell (cat setup.cfg; echo "$(TORCH)") | cksum | cut -d' ' -f1)
 
 # The library's own tests: every cell and layer against the NumPy reference.
 LIBRARY_TESTS := tests/test_layer_norm.py tests/test_batch_norm.py tests/test_layers.py tests/test_normalization.py tests/test_compat.py tests/test_errors.py
@@ -25,14 +25,9 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): $(PY) setup.cfg pyproject.toml
-	$(PY) -m pip install --quiet -e ".[test,examples]"
+	$(PY) -m pip install --quiet -e ".[test,examples]" "$(TORCH)"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
-
-$(TORCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet "$(TORCH)"
-	rm -f $(VENV)/.torch-installed-*
-	touch $(TORCH_STAMP)
 
 $(PY_OLDEST):
 	$(PYTHON) -m venv $(VENV_OLDEST)
@@ -59,7 +54,7 @@ test-oldest: $(OLDEST_STAMP)
 test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(PY) -m pytest $(SECONDARY) tests/test_layers.py
 
-test-torch: $(TORCH_STAMP)
+test-torch: $(STAMP)
 	KERAS_BACKEND=torch $(PY) -m pytest $(SECONDARY) $(LIBRARY_TESTS)
 
 # The demo needs only the `examples` extra (no test tools). Its own stamp, so that the
