@@ -1,25 +1,61 @@
-# Both targets set up .venv themselves, from the project's own files.
+# Both targets set up their virtual environments themselves, from the project's own files.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat setup.cfg | cksum | cut -d' ' -f1)
 
-.PHONY: test demo clean
+# The oldest supported Keras and TensorFlow (.ci/oldest.txt, setup.cfg's lower bounds).
+VENV_OLDEST := .venv-oldest
+PY_OLDEST := $(VENV_OLDEST)/bin/python
+OLDEST_STAMP := $(VENV_OLDEST)/.installed-$(shell cat setup.cfg .ci/oldest.txt | cksum | cut -d' ' -f1)
+
+# torch for the torch-backend run: the CPU build (pip takes it from the local file where
+# the machine has one; a plain `torch` would fetch a CUDA build of several GB). Installed
+# with the rest, so that no install runs beside a test run in the same environment.
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed-$(shell (cat setup.cfg; echo "$(TORCH)") | cksum | cut -d' ' -f1)
+
+# The library's own tests: every cell and layer against the NumPy reference.
+LIBRARY_TESTS := tests/test_layer_norm.py tests/test_batch_norm.py tests/test_layers.py tests/test_normalization.py tests/test_compat.py tests/test_errors.py
+SECONDARY := -q -p no:cacheprovider
+
+.PHONY: test test-tensorflow test-jax test-torch test-oldest demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): $(PY) setup.cfg pyproject.toml
-	$(PY) -m pip install --quiet -e ".[test,examples]"
+	$(PY) -m pip install --quiet -e ".[test,examples]" "$(TORCH)"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-# The whole suite on TensorFlow, then the whole-sequence layers again on JAX (where a
-# variable can't be updated inside the loop: the BN layers must update after it).
-test: $(STAMP)
+$(PY_OLDEST):
+	$(PYTHON) -m venv $(VENV_OLDEST)
+	$(PY_OLDEST) -m pip install --quiet --upgrade pip
+
+$(OLDEST_STAMP): $(PY_OLDEST) setup.cfg pyproject.toml .ci/oldest.txt
+	$(PY_OLDEST) -m pip install --quiet -c .ci/oldest.txt -e . pytest pytest-timeout
+	rm -f $(VENV_OLDEST)/.installed-*
+	touch $(OLDEST_STAMP)
+
+# Four runs, two at a time (each prints when it ends): the whole suite on TensorFlow with
+# the newest releases; the library tests on the oldest supported releases; the layers on
+# JAX (where a variable can't be updated inside the loop: the BN layers must update after
+# it); the library tests on torch.
+test:
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-tensorflow test-oldest test-jax test-torch
+
+test-tensorflow: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
-	KERAS_BACKEND=jax $(PY) -m pytest -q tests/test_layers.py
+
+test-oldest: $(OLDEST_STAMP)
+	$(PY_OLDEST) -m pytest $(SECONDARY) $(LIBRARY_TESTS)
+
+test-jax: $(STAMP)
+	KERAS_BACKEND=jax $(PY) -m pytest $(SECONDARY) tests/test_layers.py
+
+test-torch: $(STAMP)
+	KERAS_BACKEND=torch $(PY) -m pytest $(SECONDARY) $(LIBRARY_TESTS)
 
 # The demo needs only the `examples` extra (no test tools). Its own stamp, so that the
 # two targets' installs don't undo each other.
@@ -34,4 +70,4 @@ demo: $(DEMO_STAMP)
 	$(PY) examples/demo.py $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VENV_OLDEST) build dist *.egg-info

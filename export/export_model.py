@@ -2,11 +2,14 @@
 """Turn a trained Keras model (.keras) into a versioned SavedModel for TensorFlow Serving.
 
     python export/export_model.py MODEL.keras BASE_DIR [--version N] [--overwrite] [--onnx PATH]
+        [--litert PATH [--batch-size N] [--sequence-length T]]
 
 Writes BASE_DIR/<version>/ (saved_model.pb, variables/, assets/), the layout TensorFlow
 Serving watches, with the signature `serving_default`: input "inputs", output "outputs".
 The export is checked in a fresh process in which keras_recnorm can't be imported, against
-model.predict, before it appears under its version number. See export/README.md.
+model.predict, before it appears under its version number. Optionally also an ONNX file
+and a LiteRT (.tflite) file with built-in ops only (fixed batch size and sequence length).
+See export/README.md.
 """
 
 import argparse
@@ -49,7 +52,7 @@ def parse_args(argv):
             "example:\n  python export/export_model.py runs/sst2/model.keras "
             "/srv/models/sentiment --onnx runs/sst2/model.onnx\n\n"
             "exit status: 0 done; 2 bad input; 1 the export disagreed with model.predict,\n"
-            "or the ONNX conversion failed. Nothing is written unless the status is 0."
+            "or the ONNX or LiteRT conversion failed. Nothing is written unless the status is 0."
         ),
     )
     parser.add_argument(
@@ -75,7 +78,7 @@ def parse_args(argv):
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace an existing version directory (and an existing --onnx file); "
+        help="replace an existing version directory (and existing --onnx / --litert files); "
         "without it they are never touched",
     )
     parser.add_argument(
@@ -94,10 +97,33 @@ def parse_args(argv):
         help="ONNX opset version for --onnx (default: tf2onnx's default)",
     )
     parser.add_argument(
+        "--litert",
+        metavar="PATH",
+        default=None,
+        help="also write the model as a LiteRT (.tflite) file with built-in ops only, its "
+        "recurrent layers unrolled over --sequence-length steps, checked in the LiteRT "
+        "interpreter (not possible for a model that takes raw strings)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="the LiteRT file's fixed batch size (default: 1)",
+    )
+    parser.add_argument(
+        "--sequence-length",
+        type=positive_int,
+        default=None,
+        metavar="T",
+        help="the LiteRT file's fixed number of time steps (default: the model's own; "
+        "required when its time dimension is dynamic). Pad shorter inputs to T.",
+    )
+    parser.add_argument(
         "--no-verify",
         action="store_true",
         help="skip the checks against model.predict (the fresh-process reload of the "
-        "SavedModel and the onnxruntime run); faster, not recommended",
+        "SavedModel, the onnxruntime and LiteRT runs); faster, not recommended",
     )
     return parser.parse_args(argv)
 
@@ -134,6 +160,8 @@ def check_paths(args):
             return f"version directory {target} already exists; pass --overwrite to replace it"
     if args.onnx is not None and os.path.exists(args.onnx) and not args.overwrite:
         return f"ONNX file {args.onnx} already exists; pass --overwrite to replace it"
+    if args.litert is not None and os.path.exists(args.litert) and not args.overwrite:
+        return f"LiteRT file {args.litert} already exists; pass --overwrite to replace it"
     return None
 
 
@@ -171,26 +199,44 @@ def main(argv=None):
             export._import_onnx_tools()
         except ImportError as error:
             return fail(f"--onnx: {one_line(error)}")
+    if args.litert is not None:
+        if spec.dtype.name == "string":
+            return fail(
+                "--litert: this model takes raw strings (it starts with TextVectorization), "
+                "which LiteRT's built-in ops can't express; export without --litert"
+            )
+        if len(spec.shape) >= 2 and spec.shape[1] is None and args.sequence_length is None:
+            return fail(
+                "--litert: the model's time dimension is dynamic and a LiteRT file's is "
+                "fixed: pass --sequence-length T"
+            )
 
-    # Export. All or nothing: the ONNX file is written aside first and moved into place
-    # only once the SavedModel is in place too.
+    # Export. All or nothing: the ONNX and LiteRT files are written aside first and moved
+    # into place only once the SavedModel is in place too.
     verify = not args.no_verify
-    onnx_staging = None
-    if args.onnx is not None:
-        onnx_path = os.path.abspath(args.onnx)
-        os.makedirs(os.path.dirname(onnx_path), exist_ok=True)
-        onnx_staging = tempfile.mkdtemp(prefix=".onnx-partial-", dir=os.path.dirname(onnx_path))
+    side_files = {}  # final path -> (format, its path in a staging directory)
+    staging_dirs = []
+    for what, target in (("ONNX", args.onnx), ("LiteRT", args.litert)):
+        if target is not None:
+            final = os.path.abspath(target)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            staging_dirs.append(tempfile.mkdtemp(prefix=".partial-", dir=os.path.dirname(final)))
+            side_files[final] = (what, os.path.join(staging_dirs[-1], os.path.basename(final)))
     try:
-        if onnx_staging is not None:
+        for what, staged in side_files.values():
             try:
-                export.export_onnx(
-                    model,
-                    os.path.join(onnx_staging, "model.onnx"),
-                    opset=args.opset,
-                    verify=verify,
-                )
+                if what == "ONNX":
+                    export.export_onnx(model, staged, opset=args.opset, verify=verify)
+                else:
+                    export.export_litert(
+                        model,
+                        staged,
+                        batch_size=args.batch_size,
+                        sequence_length=args.sequence_length,
+                        verify=verify,
+                    )
             except Exception as error:
-                print(f"export_model.py: ONNX export failed: {one_line(error)}", file=sys.stderr)
+                print(f"export_model.py: {what} export failed: {one_line(error)}", file=sys.stderr)
                 return 1
         try:
             path = export.export_saved_model(
@@ -201,11 +247,11 @@ def main(argv=None):
         except export.ExportVerificationError as error:
             print(f"export_model.py: verification failed: {one_line(error)}", file=sys.stderr)
             return 1
-        if onnx_staging is not None:
-            os.replace(os.path.join(onnx_staging, "model.onnx"), onnx_path)
+        for final, (_, staged) in side_files.items():
+            os.replace(staged, final)
     finally:
-        if onnx_staging is not None:
-            shutil.rmtree(onnx_staging, ignore_errors=True)
+        for directory in staging_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
 
     shape = [-1 if d is None else d for d in spec.shape]
     report = [
@@ -213,8 +259,9 @@ def main(argv=None):
         f"{spec.dtype.name} {shape} -> {export.OUTPUT_NAME}"
         f"{', checked in a fresh process' if verify else ''})"
     ]
-    if onnx_staging is not None:
-        report.append(f"ONNX: {onnx_path}{'  (checked with onnxruntime)' if verify else ''}")
+    checked = {"ONNX": "checked with onnxruntime", "LiteRT": "checked in the LiteRT interpreter"}
+    for final, (what, _) in side_files.items():
+        report.append(f"{what}: {final}{f'  ({checked[what]})' if verify else ''}")
 
     # Report.
     print("\n".join(report))

@@ -14,6 +14,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import sys
 
 # The helper beside this file, however the file is loaded (run, or imported by path).
@@ -269,6 +270,20 @@ def make_response(outputs, request_format):
     return {"predictions": [{name: values[name][i] for name in names} for i in range(count)]}
 
 
+def op_message(error):
+    """The failing op's own message in one line, from a TensorFlow error whose text is
+    "Graph execution error:", a stack trace, the message and the node: e.g.
+    "indices[0,2] = 100 is not in [0, 40) (at node functional/embedding/GatherV2)"."""
+    text = getattr(error, "message", None) or str(error)
+    node = re.search(r"Detected at node (\S+)", text)
+    skip = ("Graph execution error:", "Detected at node", "<stack traces", "File ", "[[")
+    lines = [line.strip() for line in text.splitlines()]
+    messages = [line for line in lines if line and not line.startswith(skip)]
+    if not messages:
+        return lines[0] if lines and lines[0] else type(error).__name__
+    return messages[0] + (f" (at node {node.group(1)})" if node else "")
+
+
 def main(argv=None):
     # Arguments and request: checked before TensorFlow starts (seconds).
     args = parse_args(argv)
@@ -302,8 +317,7 @@ def main(argv=None):
         try:
             outputs = signature(**{name: tf.constant(a) for name, a in arrays.items()})
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
-            message = getattr(error, "message", None) or str(error)
-            raise BadRequest(f"the model rejected the request: {message.strip().splitlines()[0]}")
+            raise BadRequest(f"the model rejected the request: {op_message(error)}")
     except BadRequest as error:
         print(f"predict.py: error: {error}", file=sys.stderr)
         return 2

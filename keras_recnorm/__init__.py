@@ -19,7 +19,7 @@ from keras_recnorm.layer_norm import (
     LayerNormSimpleRNNCell,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "LayerNormLSTMCell",

@@ -5,13 +5,15 @@ The paper-specific parts (where and how the pre-activations are normalized) live
 `layer_norm.py` and `batch_norm.py`.
 """
 
+import inspect
 import numbers
 
 import keras
 import numpy as np
 from keras import activations, constraints, initializers, ops, regularizers
 from keras.layers import Layer
-from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
+
+from keras_recnorm.compat import DropoutRNNCell, rnn
 
 
 def _is_number(value, kind):
@@ -324,6 +326,21 @@ def lstm_gates_backward(dc, d_o, gates, c):
     return dz, dc * f
 
 
+def check_known_arguments(layer, kwargs):
+    """Arguments that neither the layer's cell nor a Keras layer takes: named as the
+    layer's (the cell would report them as its own)."""
+    known = set()
+    for cls in type(layer).cell_class.__mro__:
+        if "__init__" in vars(cls):
+            known.update(inspect.signature(cls.__init__).parameters)
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(
+            f"Unrecognized keyword arguments passed to {type(layer).__name__}: {unknown}. It "
+            f"takes the arguments of {type(layer).cell_class.__name__} and of keras.layers.RNN."
+        )
+
+
 # Keyword arguments that belong to the layer itself, not to its cell.
 _LAYER_KWARGS = ("name", "dtype", "trainable", "autocast", "input_shape", "input_dim")
 
@@ -355,6 +372,7 @@ class NormalizedRNN(keras.layers.RNN):
         # Regularizes the layer's output (not the cell's, nor the states: the step
         # counter is one), as keras.layers.LSTM's output without return_state.
         output_regularizer = regularizers.get(kwargs.pop("activity_regularizer", None))
+        check_known_arguments(self, kwargs)
         cell = self.cell_class(
             units,
             dtype=layer_kwargs.get("dtype"),
@@ -373,6 +391,15 @@ class NormalizedRNN(keras.layers.RNN):
             **layer_kwargs,
         )
         self.output_regularizer = output_regularizer
+
+    def build(self, sequences_shape, initial_state_shape=None):
+        if len(sequences_shape) != 3:  # before the cell sees (and names) one step's shape
+            raise ValueError(
+                f"{type(self).__name__} expects sequences of rank 3 (batch, timesteps, "
+                f"features); got shape {tuple(sequences_shape)}. For one step per sample, add "
+                "a time axis of length 1."
+            )
+        super().build(sequences_shape, initial_state_shape)
 
     def call(self, sequences, initial_state=None, mask=None, training=False):
         check_numeric_inputs(self, sequences)
@@ -395,7 +422,7 @@ class NormalizedRNN(keras.layers.RNN):
 
     def run_loop(self, step, sequences, initial_state, mask, return_all_outputs):
         # keras.ops has no RNN loop with masking; the backend's is the one RNN uses.
-        return keras.src.backend.rnn(
+        return rnn(
             step,
             sequences,
             initial_state,

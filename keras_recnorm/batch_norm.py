@@ -771,6 +771,11 @@ class BatchNormGRU(_BatchNormSequence):
     cell_class = BatchNormGRUCell
 
 
+def _to_float64(tensor):
+    # convert_to_numpy, not np.asarray: torch tensors that require grad must be detached.
+    return np.asarray(ops.convert_to_numpy(tensor), "float64")
+
+
 class _MergedStatistics:
     """Merges every batch's moments per (cell, term, slot) while
     `recompute_population_statistics` runs the model; writes them when asked.
@@ -789,8 +794,8 @@ class _MergedStatistics:
     def add(self, cell, moments, slots, step=None):
         """`step`: the counter of a cell's one-step call, `None` for a whole sequence."""
         calls = self.pending.setdefault(id(cell), (cell, []))[1]
-        moments = {term: tuple(np.asarray(v, "float64") for v in m) for term, m in moments.items()}
-        calls.append((None if step is None else float(step), moments, np.asarray(slots)))
+        moments = {term: tuple(_to_float64(v) for v in m) for term, m in moments.items()}
+        calls.append((None if step is None else float(step), moments, ops.convert_to_numpy(slots)))
 
     def end_batch(self):
         for cell, calls in self.pending.values():
@@ -805,17 +810,18 @@ class _MergedStatistics:
                     total = self.totals.get(key, (cell, None))[1]
                     if total is not None:
                         batch = merge_moments(total, batch)
-                    self.totals[key] = (cell, tuple(np.asarray(v, "float64") for v in batch))
+                    self.totals[key] = (cell, tuple(_to_float64(v) for v in batch))
         self.pending = {}
 
     def write(self):
         """Sets each reached slot to its merged statistics; other slots keep theirs."""
         for (_, term), (cell, moments) in self.totals.items():
             reached = moments[0][:, None] > 0
-            mean = np.asarray(moments[1])
-            variance = np.asarray(moments_variance(moments))
+            mean = _to_float64(moments[1])
+            variance = _to_float64(moments_variance(moments))
             for variable, value in zip(cell.moving(term), (mean, variance)):
-                variable.assign(np.where(reached, value, np.asarray(variable)).astype("float32"))
+                old = ops.convert_to_numpy(variable)
+                variable.assign(np.where(reached, value, old).astype("float32"))
 
 
 def recompute_population_statistics(model, dataset, steps=None, verbose=1):

@@ -1,4 +1,4 @@
-"""Export for serving: versioned SavedModels for TensorFlow Serving, and ONNX.
+"""Export for serving: versioned SavedModels for TensorFlow Serving, ONNX, and LiteRT.
 
 Both formats hold the forward pass only, traced with `training=False`: batch-normalized
 cells and layers serve with their population statistics, outputs are deterministic, and
@@ -38,6 +38,9 @@ import warnings
 import keras
 import numpy as np
 
+from keras_recnorm import compat
+from keras_recnorm.base import check_positive_int
+
 INPUT_NAME = "inputs"
 OUTPUT_NAME = "outputs"
 SIGNATURE_NAME = "serving_default"
@@ -59,6 +62,7 @@ __all__ = [
     "ExportVerificationError",
     "export_saved_model",
     "export_onnx",
+    "export_litert",
     "serving_input_spec",
     "next_version",
 ]
@@ -174,6 +178,32 @@ def _quiet_tf_logs(tf):
         yield
     finally:
         logger.setLevel(level)
+
+
+def _target_file(path, overwrite):
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it.")
+    return path
+
+
+@contextlib.contextmanager
+def _staged_file(path, suffix):
+    """Yields a new file beside `path` to write and check; it becomes `path` only if the
+    block succeeds, and is removed otherwise: no half-written file at `path`, ever."""
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    handle, staging = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.partial-", suffix=suffix, dir=parent
+    )
+    os.close(handle)
+    try:
+        yield staging
+        os.replace(staging, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(staging)
+        raise
 
 
 # ----------------------------------------------------------------------------- versions
@@ -597,14 +627,10 @@ def _import_onnx_tools():
 
 def _patch_tf2onnx():
     # tf2onnx 1.17 still uses NumPy 1 names; Keras ships the patch that its own ONNX export
-    # applies. Without it (older Keras), simple graphs convert anyway.
-    try:
-        from keras.src.export.tf2onnx_lib import patch_tf2onnx
-    except ImportError:
-        return
+    # applies.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        patch_tf2onnx()
+        compat.patch_tf2onnx()
 
 
 def _name_dynamic_dims(model_proto, spec):
@@ -656,19 +682,11 @@ def export_onnx(model, path, *, opset=None, overwrite=False, verify=True, probe=
             "`keras.Model(model.layers[2].input, model.output)`, and tokenize on the client."
         )
     onnx, onnxruntime, tf2onnx = _import_onnx_tools()
-    path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it.")
+    path = _target_file(path, overwrite)
     probes = _as_probe_list(probe, model, spec) if verify else None
     serve = _serving_function(model, spec)
 
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    handle, staging = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.partial-", suffix=".onnx", dir=parent
-    )
-    os.close(handle)
-    try:
+    with _staged_file(path, ".onnx") as staging:
         _patch_tf2onnx()
         tf2onnx_logger = logging.getLogger("tf2onnx")
         level = tf2onnx_logger.level
@@ -684,11 +702,6 @@ def export_onnx(model, path, *, opset=None, overwrite=False, verify=True, probe=
         onnx.save(model_proto, staging)
         if verify:
             _verify_onnx(model, staging, probes, onnxruntime)
-        os.replace(staging, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(staging)
-        raise
     return path
 
 
@@ -702,3 +715,179 @@ def _verify_onnx(model, onnx_path, probes, onnxruntime):
         values = session.run(output_names, {input_name: batch})
         served[f"probe_{j}"] = dict(zip(output_names, values))
     _compare(expected, served, f"The ONNX model at {onnx_path}")
+
+
+# ---------------------------------------------------------------------------- LiteRT
+
+
+def _unrolled_copy(model, shape):
+    """A copy of `model` (same weights) on an input of fixed `shape`, whose recurrent layers
+    unroll their loop.
+
+    LiteRT's built-in operators have no TensorList: a recurrent loop converts only to
+    Select-TF ops, which the pip LiteRT interpreter can't run. Unrolled over a fixed number
+    of steps, a recurrent layer is plain matmuls and elementwise ops.
+    """
+
+    def fixed(config):
+        if isinstance(config, list):
+            return [fixed(v) for v in config]
+        if not isinstance(config, dict):
+            return config
+        config = {k: (True if k == "unroll" else fixed(v)) for k, v in config.items()}
+        if config.get("class_name") == "InputLayer":
+            config["config"] = dict(config["config"], batch_shape=list(shape))
+        if "build_input_shape" in config:  # keras.Sequential
+            config["build_input_shape"] = list(shape)
+        return config
+
+    try:
+        config = keras.saving.serialize_keras_object(model)
+        copy = keras.saving.deserialize_keras_object(fixed(config))
+        copy.set_weights(model.get_weights())
+    except Exception as error:
+        raise ValueError(
+            "export_litert rebuilds the model from its config on a fixed-shape input, with "
+            f"every recurrent layer unrolled, and that failed for {type(model).__name__}: "
+            f"{error}"
+        ) from error
+    return copy
+
+
+def _litert_probe(model, shape, dtype):
+    """A probe batch of the export's fixed shape; token ids end in some padding."""
+    rng = np.random.default_rng(0)
+    if np.issubdtype(dtype, np.integer):
+        embedding = _first_layer_of(model, "Embedding")
+        high = embedding.input_dim if embedding is not None else 10
+        x = rng.integers(1, max(high, 2), size=shape)
+        if len(shape) >= 2 and shape[1] > 1:
+            x[-1, shape[1] // 2 :] = 0  # padding (masked with `mask_zero=True`)
+        return x.astype(dtype)
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(shape).astype(dtype)
+    raise ValueError(
+        f"Cannot make a probe batch for an input of dtype {np.dtype(dtype).name}; pass "
+        "`probe=` (one batch of the export's shape)."
+    )
+
+
+def litert_interpreter(model_path=None, model_content=None):
+    """A LiteRT interpreter with its tensors allocated: `ai_edge_litert`'s where that is
+    installed (`pip install ai-edge-litert`), else TensorFlow's `tf.lite.Interpreter`."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        Interpreter = _tf().lite.Interpreter
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        interpreter = Interpreter(model_path=model_path, model_content=model_content)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def run_litert(interpreter, batch):
+    """Runs an exported LiteRT model on one batch; returns its outputs by name
+    (`"outputs"`, or `"outputs_0"`, ... for several, as the SavedModel signature)."""
+    runner = interpreter.get_signature_runner(ENDPOINT_NAME)
+    return {name: np.asarray(value) for name, value in runner(**{INPUT_NAME: batch}).items()}
+
+
+def export_litert(
+    model, path, *, batch_size=1, sequence_length=None, overwrite=False, verify=True, probe=None
+):
+    """Exports `model` to a LiteRT (`.tflite`) file that uses built-in operators only.
+
+    Runs in the LiteRT interpreter from pip (`ai-edge-litert`, or TensorFlow's
+    `tf.lite.Interpreter`) without the Select-TF ops that `model.export(path,
+    format="litert")` needs for any recurrent layer. The price: **the batch size and the
+    sequence length are fixed** in the file, and every recurrent layer is unrolled over
+    that many steps (the file grows with the length; a shorter input must be padded to it,
+    with a masking model, e.g. `Embedding(mask_zero=True)`, padding with id 0).
+
+    The forward pass is traced with `training=False`: batch-normalized cells and layers run
+    with their population statistics. A model that takes raw strings can't be exported
+    (LiteRT's built-in operators have no `TextVectorization`): export the model on token
+    ids after it, and tokenize on the device.
+
+    Args:
+        model: a built Keras model with one input (TensorFlow backend).
+        path: the `.tflite` file to write (parent directories are created).
+        batch_size: the fixed batch size of the file's input.
+        sequence_length: the fixed number of time steps; default the model's own, which
+            must then be declared (`keras.Input((T, ...))`).
+        overwrite: replace an existing file. Default `False` raises `FileExistsError`.
+        verify: run the file in the LiteRT interpreter on a probe batch and compare with
+            `model.predict` (1e-5); raises `ExportVerificationError` on disagreement.
+        probe: optional probe batch for `verify`, of shape `(batch_size, sequence_length, ...)`.
+
+    Returns:
+        `path`, a `str`. The file appears only once complete and verified.
+
+    Example:
+
+    ```python
+    path = export_litert(model, "model.tflite", batch_size=1, sequence_length=40)
+    ```
+    """
+    _require_tensorflow_backend("export_litert")
+    tf = _tf()
+    check_positive_int("batch_size", batch_size)
+    x = _model_input(model)
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    if dtype == "string":
+        raise ValueError(
+            "Cannot export a model that takes raw strings to LiteRT: its built-in operators "
+            "have no TextVectorization. Export the model from the layer after "
+            "TextVectorization (it takes token ids) instead, e.g. "
+            "`keras.Model(model.layers[2].input, model.output)`, and tokenize on the device."
+        )
+    shape = [batch_size] + list(x.shape[1:])
+    if len(shape) >= 2:
+        if sequence_length is None and shape[1] is None:
+            raise ValueError(
+                "export_litert needs a fixed sequence length, and the model's input has a "
+                f"dynamic time dimension (shape {tuple(x.shape)}): pass sequence_length=T."
+            )
+        if sequence_length is not None:
+            check_positive_int("sequence_length", sequence_length)
+            shape[1] = sequence_length
+    if any(d is None for d in shape):
+        raise ValueError(
+            f"export_litert needs every input dimension but batch and time fixed; the model's "
+            f"input has shape {tuple(x.shape)}."
+        )
+    path = _target_file(path, overwrite)
+    if verify:
+        probe = _litert_probe(model, shape, dtype) if probe is None else np.asarray(probe, dtype)
+        if list(probe.shape) != shape:
+            raise ValueError(
+                f"The probe batch has shape {probe.shape}; the export's input is {tuple(shape)}."
+            )
+
+    with _staged_file(path, ".tflite") as staging:
+        content = _convert_to_litert(_unrolled_copy(model, shape), tf.TensorSpec(shape, dtype), tf)
+        with open(staging, "wb") as f:
+            f.write(content)
+        if verify:
+            served = run_litert(litert_interpreter(model_path=staging), probe)
+            expected = _reference_outputs(model, probe)
+            _compare({"the probe": expected}, {"the probe": served}, f"The LiteRT model at {path}")
+    return path
+
+
+def _convert_to_litert(model, spec, tf):
+    # Through a SavedModel: the converter freezes its variables into constants (from a
+    # concrete function they would stay resource variables, uninitialized in LiteRT).
+    @tf.function(input_signature=[spec])
+    def serve(inputs):
+        return _named_outputs(model(inputs, training=False))
+
+    with tempfile.TemporaryDirectory(prefix="keras_recnorm-litert-") as directory:
+        _write_saved_model(model, serve, directory)
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            directory, signature_keys=[ENDPOINT_NAME]
+        )
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        with _quiet_tf_logs(tf):
+            return converter.convert()

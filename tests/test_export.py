@@ -443,6 +443,16 @@ def test_predict_rejects_token_ids_of_the_wrong_dtype(ids_export, predict_module
     assert code == 2 and len(err) == 1 and "rows of different lengths" in err[0]
 
 
+def test_predict_names_the_failing_ops_message(ids_export, predict_module, capsys):
+    # A token id past the embedding's vocabulary: TensorFlow's error starts with "Graph
+    # execution error:" and a stack trace; the one line names the op's own message.
+    code = predict_module.main([ids_export, "--json", '{"instances": [[1, 2, 100]]}'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert f"indices[0,2] = 100 is not in [0, {VOCABULARY})" in err[0]
+    assert "GatherV2" in err[0] and "Graph execution error" not in err[0]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -459,16 +469,22 @@ def test_predict_script_bad_input_is_one_line_and_status_2(ids_export, args, mes
 
 
 def test_export_model_script_exports_a_saved_bn_model(tmp_path, onnx_tools):
-    """The one-command path, .keras -> verified SavedModel (+ ONNX), with a BN model whose
+    """The one-command path, .keras -> verified SavedModel (+ ONNX, + LiteRT), with a BN model whose
     population statistics are not the initial ones."""
     model = token_model(recurrent_layer("BatchNormLSTMCell"), bidirectional=False)
     randomize_recurrent_weights(model, seed=11)
     model.save(tmp_path / "model.keras")
-    result = run_script(
-        EXPORT_MODEL, tmp_path / "model.keras", tmp_path / "serving", "--onnx", tmp_path / "m.onnx"
-    )
+    # A dynamic time dimension needs --sequence-length for LiteRT: refused, nothing written.
+    args = [tmp_path / "model.keras", tmp_path / "serving", "--onnx", tmp_path / "m.onnx",
+            "--litert", tmp_path / "m.tflite"]
+    result = run_script(EXPORT_MODEL, *args)
+    assert result.returncode == 2 and "pass --sequence-length T" in stderr_lines(result)[0]
+    assert sorted(os.listdir(tmp_path)) == ["model.keras"]
+
+    result = run_script(EXPORT_MODEL, *args, "--sequence-length", "7", "--batch-size", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "checked in a fresh process" in result.stdout and "onnxruntime" in result.stdout
+    assert "checked in the LiteRT interpreter" in result.stdout
     assert os.listdir(tmp_path / "serving") == ["1"]
     assert (tmp_path / "serving" / "1" / "saved_model.pb").is_file()
     assert (tmp_path / "m.onnx").is_file()
@@ -483,6 +499,8 @@ def test_export_model_script_exports_a_saved_bn_model(tmp_path, onnx_tools):
         rtol=1e-5,
         atol=1e-5,
     )
+    lite = export.run_litert(export.litert_interpreter(model_path=str(tmp_path / "m.tflite")), ids)
+    np.testing.assert_allclose(lite["outputs"], model.predict(ids, verbose=0), rtol=1e-5, atol=1e-5)
 
 
 def test_export_model_script_bad_input_is_one_line_and_status_2(tmp_path):
@@ -509,7 +527,8 @@ def test_export_model_script_bad_input_is_one_line_and_status_2(tmp_path):
 def test_scripts_explain_every_option():
     for script, options in [
         (EXPORT_MODEL, ["MODEL.keras", "BASE_DIR", "--version", "--overwrite", "--onnx",
-                        "--opset", "--no-verify"]),
+                        "--opset", "--litert", "--batch-size", "--sequence-length",
+                        "--no-verify"]),
         (PREDICT, ["EXPORT_DIR", "--json", "--file", "--signature"]),
     ]:
         result = run_script(script, "--help")
@@ -529,3 +548,92 @@ def test_probe_argument_takes_one_batch_or_several(ids_model, text_exports):
         text_spec = export.serving_input_spec(entry["model"])
         (sentences,) = export._as_probe_list(["a film", "the plot"], entry["model"], text_spec)
         assert sentences.tolist() == ["a film", "the plot"]
+
+
+# --------------------------------------------------------------------------- LiteRT
+
+LITERT_BATCH, LITERT_LENGTH = 3, 7  # T above MAX_TIMESTEPS: the last slot serves the rest
+LITERT_FAMILIES = {**FAMILIES, "LayerNormSimpleRNNCell": lambda cls: keras.layers.RNN(cls(UNITS))}
+
+
+@pytest.fixture(scope="module")
+def litert_export(tmp_path_factory):
+    """One model with a branch per family (Embedding(mask_zero) -> family -> Dense, one
+    named output each; the BN layer also backwards, in Bidirectional), random weights and
+    population statistics, exported once (one conversion instead of ten), run once."""
+    ids = keras.Input(shape=(None,), dtype="int32")
+    embedded = keras.layers.Embedding(VOCABULARY, 6, mask_zero=True)(ids)
+    branches = {}
+    for family, make in LITERT_FAMILIES.items():
+        cls = getattr(keras_recnorm, family, None)
+        if cls is not None:
+            branches[family] = make(cls)
+    if "BatchNormLSTM" in branches:
+        branches["Bidirectional(BatchNormLSTM)"] = keras.layers.Bidirectional(
+            FAMILIES["BatchNormLSTM"](keras_recnorm.BatchNormLSTM)
+        )
+    outputs = {name: keras.layers.Dense(2)(layer(embedded)) for name, layer in branches.items()}
+    model = keras.Model(ids, outputs)
+    randomize_recurrent_weights(model, seed=5)
+    path = tmp_path_factory.mktemp("litert") / "model.tflite"
+    export.export_litert(model, path, batch_size=LITERT_BATCH, sequence_length=LITERT_LENGTH)
+
+    x = np.random.default_rng(7).integers(1, VOCABULARY, (LITERT_BATCH, LITERT_LENGTH))
+    x[1, 5:] = 0  # right padding
+    x[2, :3] = 0  # left padding: a BN sample's first real step reads slot 0
+    x = x.astype("int32")
+    served = export.run_litert(export.litert_interpreter(model_path=str(path)), x)
+    return {"path": path, "served": served, "expected": model.predict(x, verbose=0)}
+
+
+@pytest.mark.parametrize("family", [*LITERT_FAMILIES, "Bidirectional(BatchNormLSTM)"])
+def test_litert_matches_predict_for_every_cell_and_layer(litert_export, family):
+    if family not in litert_export["expected"]:
+        pytest.skip(f"{family} has not landed yet")
+    want = litert_export["expected"][family]
+    np.testing.assert_allclose(litert_export["served"][family], want, rtol=1e-5, atol=1e-5)
+    assert np.abs(want).max() > 0.1  # not trivially zero
+
+
+def test_litert_uses_built_in_ops_only(litert_export):
+    interpreter = export.litert_interpreter(model_path=str(litert_export["path"]))
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert "FULLY_CONNECTED" in ops and "TANH" in ops
+    # Select-TF ops appear as Flex* (or custom ops); TensorLists mark an un-unrolled loop.
+    assert not [op for op in ops if op.startswith("Flex") or "CUSTOM" in op or "TensorList" in op]
+    (details,) = interpreter.get_input_details()
+    assert list(details["shape"]) == [LITERT_BATCH, LITERT_LENGTH]
+
+
+def test_litert_takes_the_time_dimension_the_model_declares(tmp_path):
+    inputs = keras.Input((6, 3))
+    model = keras.Model(inputs, keras_recnorm.BatchNormGRU(UNITS, max_timesteps=4)(inputs))
+    randomize_recurrent_weights(model, seed=3)
+    path = export.export_litert(model, tmp_path / "m.tflite", batch_size=2)
+    x = np.random.default_rng(0).standard_normal((2, 6, 3)).astype("float32")
+    served = export.run_litert(export.litert_interpreter(model_path=path), x)
+    np.testing.assert_allclose(served["outputs"], model.predict(x, verbose=0), atol=1e-5, rtol=1e-5)
+
+
+def test_litert_refuses_what_it_cannot_export(ids_model, text_exports, tmp_path):
+    with pytest.raises(ValueError, match="pass sequence_length=T"):
+        export.export_litert(ids_model, tmp_path / "a.tflite")
+    text = next(iter(text_exports.values()))["model"]
+    with pytest.raises(ValueError, match="raw strings to LiteRT"):
+        export.export_litert(text, tmp_path / "b.tflite", sequence_length=4)
+    (tmp_path / "c.tflite").write_bytes(b"old")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        export.export_litert(ids_model, tmp_path / "c.tflite", sequence_length=4)
+    assert (tmp_path / "c.tflite").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tflite"]
+
+
+def test_litert_disagreement_raises_and_leaves_nothing(ids_model, tmp_path, monkeypatch):
+    real = export.run_litert
+    monkeypatch.setattr(
+        export, "run_litert", lambda *a: {k: v + 1e-3 for k, v in real(*a).items()}
+    )
+    with pytest.raises(export.ExportVerificationError, match="LiteRT model .* disagrees"):
+        export.export_litert(ids_model, tmp_path / "m.tflite", sequence_length=4)
+    assert list(tmp_path.iterdir()) == []
+

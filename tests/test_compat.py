@@ -1,0 +1,63 @@
+"""keras_recnorm.compat: the Keras internals we rely on still are what we think they are.
+
+Runs on the newest and on the oldest supported Keras (`make test`), so that a Keras release
+that moves or changes one of them fails here, by name, rather than somewhere inside a cell.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_recnorm import LayerNormLSTMCell, compat
+from tests.conftest import to_numpy
+
+
+def test_dropout_rnn_cell_is_the_class_keras_rnn_recognizes():
+    # keras.layers.RNN prepares and resets dropout masks only for instances of this class.
+    assert issubclass(keras.layers.LSTMCell, compat.DropoutRNNCell)
+    assert isinstance(LayerNormLSTMCell(3), compat.DropoutRNNCell)
+    for method in ("get_dropout_mask", "get_recurrent_dropout_mask", "reset_dropout_mask"):
+        assert callable(getattr(compat.DropoutRNNCell, method))
+
+
+def test_keras_rnn_gives_our_cell_a_fresh_dropout_mask_per_batch():
+    layer = keras.layers.RNN(LayerNormLSTMCell(4, dropout=0.5, seed=1))
+    x = np.ones((8, 3, 5), "float32")
+    first = to_numpy(layer(x, training=True))
+    second = to_numpy(layer(x, training=True))
+    assert not np.allclose(first, second)  # a new mask: RNN reset the cell's
+    assert layer.cell._dropout_mask is None  # and cleared it after the call
+
+
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_rnn_is_the_backend_loop_with_masking(go_backwards):
+    # A running sum; the masked step of the second sample keeps its state and, with
+    # zero_output_for_mask, outputs zero.
+    def step(inputs, states):
+        total = states[0] + inputs
+        return total, [total]
+
+    x = np.arange(1, 7, dtype="float32").reshape(2, 3, 1)
+    mask = np.array([[True, True, True], [True, True, False]])
+    last, outputs, states = compat.rnn(
+        step,
+        keras.ops.convert_to_tensor(x),
+        [keras.ops.zeros((2, 1))],
+        go_backwards=go_backwards,
+        mask=keras.ops.convert_to_tensor(mask),
+        zero_output_for_mask=True,
+    )
+    assert to_numpy(states[0]).ravel().tolist() == [6.0, 9.0]
+    expected = [[1, 3, 6], [4, 9, 0]] if not go_backwards else [[3, 5, 6], [0, 5, 9]]
+    assert to_numpy(outputs)[..., 0].tolist() == expected
+
+
+def test_patch_tf2onnx_applies_where_keras_has_it():
+    pytest.importorskip("tf2onnx")
+    applied = compat.patch_tf2onnx()
+    try:
+        import keras.src.export.tf2onnx_lib  # noqa: F401
+
+        assert applied
+    except ImportError:
+        assert not applied

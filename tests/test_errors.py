@@ -1,0 +1,46 @@
+"""Bad arguments and inputs to the whole-sequence layers are reported as the layer's, in
+terms of what the user passed (not of the cell the layer builds inside)."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_recnorm import BatchNormGRU, BatchNormLSTM, LayerNormGRU, LayerNormLSTM
+
+LAYERS = {
+    "LayerNormLSTM": lambda **kw: LayerNormLSTM(4, **kw),
+    "LayerNormGRU": lambda **kw: LayerNormGRU(4, **kw),
+    "BatchNormLSTM": lambda **kw: BatchNormLSTM(4, max_timesteps=3, **kw),
+    "BatchNormGRU": lambda **kw: BatchNormGRU(4, max_timesteps=3, **kw),
+}
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_unknown_argument_is_named_as_the_layers(name):
+    with pytest.raises(ValueError) as info:
+        LAYERS[name](foo=1)
+    message = str(info.value)
+    assert message.startswith(f"Unrecognized keyword arguments passed to {name}: ['foo']")
+    assert "Cell:" not in message
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_layer_and_cell_arguments_are_still_accepted(name):
+    layer = LAYERS[name](
+        dropout=0.1, name="mine", activity_regularizer="l2", return_sequences=True, dtype="float32"
+    )
+    assert layer.name == "mine" and layer.cell.dropout == 0.1 and layer.return_sequences
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_rank_2_input_is_described_by_the_shape_passed(name):
+    with pytest.raises(ValueError) as info:
+        LAYERS[name]()(np.zeros((2, 5), "float32"))
+    message = str(info.value)
+    assert f"{name} expects sequences of rank 3" in message and "got shape (2, 5)" in message
+    assert "(2,)" not in message  # the step shape the cell would see
+
+
+def test_rank_2_symbolic_input_too():
+    with pytest.raises(ValueError, match=r"LayerNormLSTM expects .* got shape \(None, 5\)"):
+        keras.Sequential([keras.Input((5,)), LayerNormLSTM(3)])
