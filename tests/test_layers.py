@@ -4,11 +4,6 @@ Backend-agnostic: `make test` runs this file on TensorFlow and again with
 KERAS_BACKEND=jax, where the BN layers must update their statistics after the loop.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
@@ -27,7 +22,6 @@ from tests import reference
 from tests.conftest import randomize_weights, set_weights_by_name, to_numpy, weights_by_name
 
 B, T, D, U, T_MAX = 6, 7, 3, 5, 5
-ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS = {
     "ln_lstm": (LayerNormLSTM, LayerNormLSTMCell, {}),
@@ -283,20 +277,6 @@ def test_dropout_random_in_training_deterministic_in_inference(kind, rng):
     x = rng.normal(0, 1, (B, T, D)).astype("float32")
     assert not np.allclose(to_numpy(layer(x, training=True)), to_numpy(layer(x, training=True)))
     np.testing.assert_array_equal(to_numpy(layer(x)), to_numpy(layer(x)))
-
-
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the benchmark runs on TensorFlow")
-def test_benchmark_script_runs():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--shape", "4,5,3,8",
-         "--repeats", "2", "--jit-compile", "off", "--only", "LayerNormLSTM", "--only", "BatchNormLSTM"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    lines = result.stdout.splitlines()
-    for name in ("keras.layers.LSTM", "LayerNormLSTM", "BatchNormLSTM"):
-        row = next(line for line in lines if line.startswith(name))
-        assert float(row.split()[2]) > 0
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.data pipeline")
