@@ -295,8 +295,8 @@ class BatchNormLSTMCell(BatchNormCell):
         training, the batch statistics used: `{term: (mean, variance)}`."""
         h, c, steps = states[0], states[1], states[2]
         population = self.step_population(step_slots(steps[:, 0], self.max_timesteps), training)
-        h_new, c_new, _, statistics = self.step_forward(
-            self.step_weights(), projected, self.dropped_state(h, training), c, mask, population
+        (h_new, c_new), _, statistics = self.step_forward(
+            self.step_weights(), projected, self.dropped_state(h, training), (h, c), mask, population
         )
         moments = {}
         if population is None:
@@ -307,17 +307,18 @@ class BatchNormLSTMCell(BatchNormCell):
         """The weights `step_forward` uses, in its order."""
         return (self.recurrent_kernel, self.recurrent_gamma, self.cell_gamma, self.cell_beta)
 
-    def step_forward(self, weights, projected, h, c, mask=None, population=None):
+    def step_forward(self, weights, projected, h, states, mask=None, population=None):
         """One step from the projected input `BN_t(x·kernel) + bias` and the
         (dropped-out) state `h`: the recurrent term, the gates and the normalized cell.
         The one step function of this cell, used by the cell and by `BatchNormLSTM`'s
         loop. Batch statistics over the samples whose `mask (B, 1)` is 1, or
         `population` statistics (see `step_population`).
 
-        Returns `(h', c', residuals, statistics)`: what `step_backward` needs, and the
+        Returns `((h', c'), residuals, statistics)`: what `step_backward` needs, and the
         mean and variance of the recurrent term and of the cell state.
         """
         recurrent_kernel, recurrent_gamma, cell_gamma, cell_beta = weights
+        c = states[1]
         recurrent_population, cell_population = population or (None, None)
         recurrent_hat, recurrent_rstd, recurrent_mean, recurrent_variance = self.standardize(
             ops.matmul(h, recurrent_kernel), mask, recurrent_population
@@ -327,13 +328,14 @@ class BatchNormLSTMCell(BatchNormCell):
         cell_hat, cell_rstd, cell_mean, cell_variance = self.standardize(c_new, mask, cell_population)
         h_new, cell_output = self.lstm_output(gates, cell_gamma * cell_hat + cell_beta)
         residuals = (recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd, cell_output)
-        return h_new, c_new, residuals, (recurrent_mean, recurrent_variance, cell_mean, cell_variance)
+        return (h_new, c_new), residuals, (recurrent_mean, recurrent_variance, cell_mean, cell_variance)
 
-    def step_backward(self, weights, residuals, h, c, mask, dh_new, dc_new):
+    def step_backward(self, weights, residuals, h, states, mask, d_new_states):
         """The derivative of `step_forward` with batch statistics (sigmoid gates, tanh):
         from the gradients of `h'` and `c'`, those of the projected input, `h`, `c` and
         the weights. The statistics depend on every counted sample: so does the gradient."""
         recurrent_kernel, recurrent_gamma, cell_gamma, _ = weights
+        (dh_new, dc_new), c = d_new_states, states[1]
         recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd, cell_output = residuals
         counted = ops.ones_like(h[:, :1]) if mask is None else mask
         d_o, d_normalized_cell = lstm_output_backward(dh_new, gates, cell_output)
@@ -351,7 +353,7 @@ class BatchNormLSTMCell(BatchNormCell):
             ops.sum(d_normalized_cell, axis=0),
         )
         dh = ops.matmul(d_recurrent, ops.transpose(recurrent_kernel))
-        return dz, dh, dc_prev, d_weights
+        return dz, dh, (None, dc_prev), d_weights
 
     def get_config(self):
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
@@ -463,7 +465,7 @@ class _BatchNormSequence(NormalizedRNN):
         input_slots = step_slots(first_step[:, None] + timesteps[None, :], cell.max_timesteps)
         projected, input_moments = cell.input_projection(sequences, input_slots, sample_mask, training)
         if self.uses_fused_loop():
-            hs, c_last, statistics = self.fused_lstm_loop(projected, initial_state, mask, training)
+            hs, (_, c_last), statistics = self.fused_loop(projected, initial_state[:2], mask, training)
             last_output, outputs = hs[:, -1], hs
             real_steps = ops.cast(ops.shape(hs)[1], "float32")
             if mask is not None:
