@@ -5,7 +5,10 @@ The paper-specific parts (where and how the pre-activations are normalized) live
 `layer_norm.py` and `batch_norm.py`.
 """
 
+import numbers
+
 import keras
+import numpy as np
 from keras import activations, constraints, initializers, ops, regularizers
 from keras.layers import Layer
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
@@ -13,29 +16,39 @@ from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 from keras_recnorm.recurrence import forward_recurrence, recurrence
 
 
+def _is_number(value, kind):
+    """A Python or NumPy number of `kind` (`numbers.Integral`, `numbers.Real`), not a bool."""
+    return isinstance(value, kind) and not isinstance(value, (bool, np.bool_))
+
+
 def check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    """Returns `value` as a Python int (NumPy integers accepted: `lengths.max()`)."""
+    if not _is_number(value, numbers.Integral) or value <= 0:
         raise ValueError(
             f"Received an invalid value for argument `{name}`, expected a positive "
             f"integer, got {value!r}."
         )
+    return int(value)
 
 
 def check_positive(name, value):
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+    """Returns `value` as a Python float."""
+    if not _is_number(value, numbers.Real) or not value > 0:
         raise ValueError(
             f"Received an invalid value for argument `{name}`, expected a positive "
             f"number, got {value!r}."
         )
+    return float(value)
 
 
 def check_unit_interval(name, value):
-    """A rate or momentum in [0, 1)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+    """A rate or momentum in [0, 1); returns it as a Python float."""
+    if not _is_number(value, numbers.Real) or not 0 <= value < 1:
         raise ValueError(
             f"Received an invalid value for argument `{name}`, expected a float in "
             f"[0, 1), got {value!r}."
         )
+    return float(value)
 
 
 def check_numeric_inputs(layer, inputs):
@@ -89,7 +102,7 @@ class NormalizedCell(Layer, DropoutRNNCell):
         check_positive("epsilon", epsilon)
         check_unit_interval("dropout", dropout)
         check_unit_interval("recurrent_dropout", recurrent_dropout)
-        self.units = units
+        self.units = int(units)  # a Python int (may be given as a NumPy integer)
         self.activation = activations.get(activation)
         self.use_bias = use_bias
         self.kernel_initializer = initializers.get(kernel_initializer)
@@ -360,6 +373,9 @@ class NormalizedRNN(keras.layers.RNN):
         **kwargs,
     ):
         layer_kwargs = {key: kwargs.pop(key) for key in _LAYER_KWARGS if key in kwargs}
+        # Regularizes the layer's output (not the cell's, nor the states: the step
+        # counter is one), as keras.layers.LSTM's output without return_state.
+        output_regularizer = regularizers.get(kwargs.pop("activity_regularizer", None))
         cell = self.cell_class(
             units,
             dtype=layer_kwargs.get("dtype"),
@@ -377,10 +393,14 @@ class NormalizedRNN(keras.layers.RNN):
             zero_output_for_mask=zero_output_for_mask,
             **layer_kwargs,
         )
+        self.output_regularizer = output_regularizer
 
     def call(self, sequences, initial_state=None, mask=None, training=False):
         check_numeric_inputs(self, sequences)
-        return super().call(sequences, initial_state=initial_state, mask=mask, training=training)
+        result = super().call(sequences, initial_state=initial_state, mask=mask, training=training)
+        if self.output_regularizer is not None:
+            self.add_loss(self.output_regularizer(result[0] if self.return_state else result))
+        return result
 
     @property
     def units(self):
@@ -482,6 +502,8 @@ class NormalizedRNN(keras.layers.RNN):
         cell_config = self.cell.get_config()
         for key in ("name", "dtype", "trainable"):
             cell_config.pop(key, None)
+        if self.output_regularizer is not None:
+            config["activity_regularizer"] = regularizers.serialize(self.output_regularizer)
         return {**config, **cell_config}
 
     @classmethod

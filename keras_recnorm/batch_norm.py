@@ -16,6 +16,7 @@ from keras_recnorm.base import (
     check_numeric_inputs,
     check_positive_int,
     check_unit_interval,
+    gru_gates_backward,
     lstm_gates_backward,
     lstm_output_backward,
 )
@@ -24,7 +25,12 @@ from keras_recnorm.normalization import (
     batch_normalize,
     batch_standardize,
     batch_standardize_backward,
+    merge_moments,
+    merge_moments_by_slot,
+    moments_from_variance,
+    moments_variance,
     moving_average_update,
+    slot_shares,
     standardize_with,
     statistics_dtype,
     step_slots,
@@ -67,15 +73,18 @@ class BatchNormCell(GatedCell):
         if gamma_initializer is None:
             gamma_initializer = initializers.Constant(0.1)
         super().__init__(units, gamma_initializer=gamma_initializer, **kwargs)
-        check_positive_int("max_timesteps", max_timesteps)
+        self.max_timesteps = check_positive_int("max_timesteps", max_timesteps)
         check_unit_interval("momentum", momentum)
-        self.max_timesteps = max_timesteps
         self.momentum = float(momentum)
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
         self.moving_variance_initializer = initializers.get(moving_variance_initializer)
         # When set (by `recompute_population_statistics`), updates accumulate exact sums
         # here instead of moving the averages.
         self.statistics_accumulator = None
+        # Keras would cast every float argument, the step counter included, to the
+        # compute dtype (a bfloat16 counter stops at 256): `call` casts all but the
+        # counter itself.
+        self._convert_input_args = False
 
     def add_moving_statistics(self, term, width):
         for statistic, initializer in (
@@ -91,6 +100,21 @@ class BatchNormCell(GatedCell):
             )
             setattr(self, f"{term}_moving_{statistic}", variable)
 
+    def check_counter_dtype(self, steps):
+        """Inside `keras.layers.RNN` the counter is a state in the compute dtype, where it
+        stops counting at 256 (bfloat16) or 2048 (float16): then the last slot must be
+        reached before, or steps past it would read wrong slots."""
+        dtype = keras.backend.standardize_dtype(steps.dtype)
+        exact = {"bfloat16": 256, "float16": 2048}.get(dtype)
+        if exact is not None and self.max_timesteps > exact + 1:
+            raise ValueError(
+                f"{type(self).__name__}(max_timesteps={self.max_timesteps}) inside "
+                f"keras.layers.RNN under a {dtype} policy: the RNN carries the step counter "
+                f"in {dtype}, which counts only to {exact}; use keras_recnorm."
+                f"{self.sequence_layer_name} (its counter stays float32) or max_timesteps <= "
+                f"{exact + 1}."
+            )
+
     def moving(self, term):
         return getattr(self, f"{term}_moving_mean"), getattr(self, f"{term}_moving_variance")
 
@@ -100,15 +124,15 @@ class BatchNormCell(GatedCell):
 
     def normalize(self, term, raw, gamma, beta, slots, mask, training):
         """BN_t of a whole sequence `raw (B, T, F)`; returns it and, in training, the
-        per-step `(mean, variance, count)` it used (else `None`).
+        per-step moments `(count, mean, M2)` it used (else `None`).
 
         Training: batch statistics over the samples of each step, leaving out samples
         whose `mask (B, T)` is 0. Inference: population statistics of each sample's
         `slots (B, T)`.
         """
         if self.uses_batch_statistics(training):
-            mean, variance, count = batch_moments(raw, mask)
-            moments = (mean, variance, count)
+            moments = batch_moments(raw, mask)
+            mean, variance = moments[1], moments_variance(moments)
         else:
             moving_mean, moving_variance = self.moving(term)
             mean = ops.take(moving_mean, slots, axis=0)
@@ -143,44 +167,67 @@ class BatchNormCell(GatedCell):
         return (projected + self.bias if self.use_bias else projected), moments
 
     def update_statistics(self, moments, slots):
-        """Moves the population statistics of every term towards this batch's.
+        """Moves the population statistics of every term towards this batch's
+        (`moving_average_update`: the batch's moments merged into the old statistics).
+
+        The one place where a batch's statistics reach the population statistics, after
+        the loop: cross-replica sums belong here (all-reduce each term's
+        `moments_to_sums`, then `moments_from_sums`), so that every replica applies the
+        same update.
 
         Args:
-            moments: dict term -> `(mean, variance, count)` of the batch statistics
-                the term was normalized with, `(K, F)`, `(K, F)`, `(K,)` for K steps.
-            slots: int `(K,)`, the slot of each step.
+            moments: dict term -> `(count, mean, M2)` of the batch statistics the term
+                was normalized with, `(K,)`, `(K, F)`, `(K, F)` for K steps.
+            slots: int `(K,)`, the slot of each step; or `(K, max_timesteps)`, the share
+                of each step's samples at each slot (`slot_shares`: samples at
+                different steps of their own).
         """
-        for term, (mean, variance, count) in moments.items():
+        if self.statistics_accumulator is not None:
+            self.statistics_accumulator.add(self, moments, slots)
+            return
+        for term, term_moments in moments.items():
             moving_mean, moving_variance = self.moving(term)
-            if self.statistics_accumulator is not None:
-                self.statistics_accumulator.add(self, term, slots, mean, variance, count)
-                continue
-            moving_mean.assign(
-                moving_average_update(moving_mean, slots, mean, count, self.momentum)
+            mean, variance = moving_average_update(
+                moving_mean, moving_variance, term_moments, slots, self.momentum
             )
-            moving_variance.assign(
-                moving_average_update(moving_variance, slots, variance, count, self.momentum)
-            )
+            moving_mean.assign(mean)
+            moving_variance.assign(variance)
 
     def call(self, inputs, states, training=False):
         check_numeric_inputs(self, inputs)
+        if len(states) != len(self.state_size):
+            raise ValueError(
+                f"{type(self).__name__} expects the states {self.state_names} (the step "
+                f"counter last, e.g. zeros of shape (batch, 1)), got {len(states)} states; "
+                f"keras_recnorm.{self.sequence_layer_name} also takes them without the counter."
+            )
+        inputs = ops.cast(inputs, self.compute_dtype)
+        states = [ops.cast(s, self.compute_dtype) for s in states[:-1]] + [states[-1]]
         update = self.uses_batch_statistics(training)
         if update and keras.backend.backend() == "jax":
             raise RuntimeError(
                 _JAX_TRAINING_ERROR.format(name=type(self).__name__, layer=self.sequence_layer_name)
             )
         steps = states[-1]
+        self.check_counter_dtype(steps)
         slots = step_slots(steps[:, 0], self.max_timesteps)
         x = ops.expand_dims(self.dropped_inputs(inputs, training), 1)
         projected, input_moments = self.input_projection(x, slots[:, None], None, training)
         h, new_states, statistics = self.step(projected[:, 0], states, training=training)
         if update:
             # The batch's step: every sample of an unmasked batch is at the same step.
-            count = input_moments[2]
+            count = input_moments[0]
             moments = {"input": input_moments}
             for term, (mean, variance) in statistics.items():
-                moments[term] = (mean[None], variance[None], count)
-            self.update_statistics(moments, ops.reshape(ops.max(slots, initial=0), (1,)))
+                moments[term] = moments_from_variance(count, mean[None], variance[None])
+            # The slot of the furthest counter: masked samples' counters are held, but
+            # the cell, which never sees the mask, has them in its statistics anyway.
+            slot = ops.reshape(ops.max(slots, initial=0), (1,))
+            if self.statistics_accumulator is not None:
+                # The counter tells Keras's extra calls before the loop from real steps.
+                self.statistics_accumulator.add(self, moments, slot, step=ops.max(steps))
+            else:
+                self.update_statistics(moments, slot)
         return h, new_states
 
     def get_config(self):
@@ -232,8 +279,9 @@ _BN_ARGS_DOC = """
     statistics in `call`, once per step. On the TensorFlow backend (and torch) the RNN
     loop calls the step once more before the loop, with the first step's inputs, to learn
     the output shapes; so with `unroll=False` the first slot of the batch (slot 0, or the
-    carried step of a stateful layer) is moved twice per batch with the same batch
-    statistics (an EMA of momentum² for that slot: the same estimate, reached faster).
+    carried step of a stateful layer) is updated twice per batch with the same batch
+    statistics (its mean moves as an EMA of momentum² for that slot: the same estimate,
+    reached faster).
     With `unroll=True` every slot moves once. Two more Keras calls of that kind: inside
     `StackedRNNCells` each cell is called once on the first step to prepare dropout masks
     (slot 0 moves once more), and with `go_backwards` the extra call gets the sequence's
@@ -277,6 +325,7 @@ class BatchNormLSTMCell(BatchNormCell):
 
     normalized_terms = ("input", "recurrent", "cell")
     sequence_layer_name = "BatchNormLSTM"
+    state_names = "[h, c, step]"
 
     def __init__(self, units, max_timesteps, unit_forget_bias=True, **kwargs):
         super().__init__(units, max_timesteps, **kwargs)
@@ -386,6 +435,7 @@ class BatchNormGRUCell(BatchNormCell):
 
     normalized_terms = ("input", "recurrent")
     sequence_layer_name = "BatchNormGRU"
+    state_names = "[h, step]"
 
     def __init__(self, units, max_timesteps, reset_after=True, **kwargs):
         super().__init__(units, max_timesteps, **kwargs)
@@ -411,14 +461,53 @@ class BatchNormGRUCell(BatchNormCell):
         training, the batch statistics used: `{term: (mean, variance)}`."""
         h, steps = states[0], states[1]
         population = self.step_population(step_slots(steps[:, 0], self.max_timesteps), training)
-        recurrent_hat, _, mean, variance = self.standardize(
-            ops.matmul(self.dropped_state(h, training), self.recurrent_kernel),
-            mask,
-            None if population is None else population[0],
+        (h_new,), _, statistics = self.step_forward(
+            self.step_weights(), projected, self.dropped_state(h, training), (h,), mask, population
         )
-        h_new = self.gru_update(projected, self.recurrent_gamma * recurrent_hat, h)
-        moments = {"recurrent": (mean, variance)} if population is None else {}
+        moments = {"recurrent": statistics} if population is None else {}
         return h_new, [h_new, steps + 1], moments
+
+    def step_weights(self):
+        """The weights `step_forward` uses, in its order."""
+        return (self.recurrent_kernel, self.recurrent_gamma)
+
+    def step_forward(self, weights, projected, h_in, states, mask=None, population=None):
+        """One step from the projected input `BN_t(x·kernel) + bias`, the (dropped-out)
+        state `h_in` and the states `(h,)` before dropout: the recurrent term and the
+        update. The one step function of this cell, used by the cell and by
+        `BatchNormGRU`'s loop. Batch statistics over the samples whose `mask (B, 1)` is 1,
+        or `population` statistics (see `step_population`).
+
+        Returns `((h',), residuals, statistics)`: what `step_backward` needs, and the
+        mean and variance of the recurrent term.
+        """
+        recurrent_kernel, recurrent_gamma = weights
+        recurrent_hat, recurrent_rstd, mean, variance = self.standardize(
+            ops.matmul(h_in, recurrent_kernel), mask, None if population is None else population[0]
+        )
+        h_new, gates, candidate = self.gru_gates(projected, recurrent_gamma * recurrent_hat, states[0])
+        return (h_new,), (recurrent_hat, recurrent_rstd, gates, candidate), (mean, variance)
+
+    def step_backward(self, weights, residuals, h_in, states, mask, d_new_states):
+        """The derivative of `step_forward` with batch statistics (sigmoid gates, tanh):
+        from the gradient of `h'`, those of the projected input, `h_in`, `h` (through the
+        update gate) and the weights."""
+        recurrent_kernel, recurrent_gamma = weights
+        recurrent_hat, recurrent_rstd, gates, candidate = residuals
+        units2 = 2 * self.units
+        d_projected, d_recurrent_term, dh = gru_gates_backward(
+            d_new_states[0], gates, candidate,
+            recurrent_gamma[units2:] * recurrent_hat[..., units2:], states[0],
+        )
+        counted = ops.ones_like(h_in[:, :1]) if mask is None else mask
+        d_recurrent = batch_standardize_backward(
+            d_recurrent_term * recurrent_gamma, recurrent_hat, recurrent_rstd, counted
+        )
+        d_weights = (
+            ops.matmul(ops.transpose(h_in), d_recurrent),
+            ops.sum(d_recurrent_term * recurrent_hat, axis=0),
+        )
+        return d_projected, ops.matmul(d_recurrent, ops.transpose(recurrent_kernel)), (dh,), d_weights
 
     def get_config(self):
         return {**super().get_config(), "reset_after": self.reset_after}
@@ -438,13 +527,54 @@ class _BatchNormSequence(NormalizedRNN):
     def __init__(self, units, max_timesteps, **kwargs):
         super().__init__(units, max_timesteps=max_timesteps, **kwargs)
 
+    def call(self, sequences, initial_state=None, mask=None, training=False):
+        # keras.layers.RNN casts every state to the compute dtype, where the step counter
+        # would stop counting (bfloat16 at 256, float16 at 2048). The counter goes past
+        # that cast in float32 (exact to 2**24): `inner_loop` reads it from here, and the
+        # exact final counter replaces the cast one in the result and in a stateful
+        # layer's states.
+        if initial_state is not None:
+            initial_state = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+            expected = len(self.cell.state_size)
+            if len(initial_state) == expected - 1:
+                # As keras.layers.LSTM/GRU take them: the counter starts at 0.
+                batch = ops.shape(initial_state[0])[0]
+                initial_state.append(ops.zeros((batch, 1)))
+            elif len(initial_state) != expected:
+                raise ValueError(
+                    f"{type(self).__name__}: `initial_state` must be {self.cell.state_names} "
+                    f"or, starting the step counter at 0, without `step`; got "
+                    f"{len(initial_state)} tensors."
+                )
+            counter = initial_state[-1]
+        elif self.stateful and self.states is not None:
+            counter = self.states[-1]
+        else:
+            counter = ops.zeros((ops.shape(sequences)[0], 1))
+        self._step_counter = [ops.cast(counter, "float32"), None]
+        try:
+            result = super().call(sequences, initial_state=initial_state, mask=mask, training=training)
+            final_counter = self._step_counter[1]
+        finally:
+            self._step_counter = None
+        if self.stateful:
+            self.states[-1].assign(ops.cast(final_counter, self.states[-1].dtype))
+        if self.return_state:
+            result = (*result[:-1], final_counter)
+        return result
+
     def inner_loop(self, sequences, initial_state, mask, training=False):
         cell = self.cell
+        initial_state = list(initial_state[:-1]) + [self._step_counter[0]]
         if not cell.uses_batch_statistics(training):
             # Population statistics: nothing to gather, and every sample reads the slots
             # of its own real steps in Keras's loop too (the step counter is a state, held
             # at padded steps). That loop, projecting each step, measured faster.
-            return super().inner_loop(sequences, initial_state, mask, training=training)
+            last_output, outputs, states = super().inner_loop(
+                sequences, initial_state, mask, training=training
+            )
+            self._step_counter[1] = states[-1]
+            return last_output, outputs, states
         sequences = self.dropped_sequence(sequences, training)
         if self.go_backwards:
             sequences = ops.flip(sequences, axis=1)
@@ -460,88 +590,75 @@ class _BatchNormSequence(NormalizedRNN):
             sequences = self.zero_padding(sequences, mask)
 
         # Real steps come first, so a sample's step k is loop step k after its carried step.
-        first_step = ops.cast(initial_state[-1][:, 0], "float32")
+        first_step = initial_state[-1][:, 0]
         timesteps = ops.cast(ops.arange(ops.shape(sequences)[1]), "float32")
         input_slots = step_slots(first_step[:, None] + timesteps[None, :], cell.max_timesteps)
         projected, input_moments = cell.input_projection(sequences, input_slots, sample_mask, training)
         if self.uses_fused_loop():
-            hs, (_, c_last), statistics = self.fused_loop(projected, initial_state[:2], mask, training)
-            last_output, outputs = hs[:, -1], hs
-            real_steps = ops.cast(ops.shape(hs)[1], "float32")
-            if mask is not None:
-                real_steps = ops.sum(sample_mask, axis=1, keepdims=True)
-            counter = initial_state[-1] + ops.cast(real_steps, initial_state[-1].dtype)
-            states = [last_output, c_last, counter]
+            hs, last_states, statistics = self.fused_loop(projected, initial_state[:-1], mask, training)
+            states = list(last_states)
         else:
-            last_output, outputs, states, statistics = self._generic_loop(
-                projected, initial_state, mask, sample_mask, training
-            )
-        count = input_moments[2]
+            hs, states, statistics = self._generic_loop(projected, initial_state, sample_mask, training)
+        real_steps = ops.cast(ops.shape(hs)[1], "float32")
+        if mask is not None:
+            real_steps = ops.sum(sample_mask, axis=1, keepdims=True)
+        states.append(initial_state[-1] + real_steps)
+        self._step_counter[1] = states[-1]
+        last_output, outputs = states[0], hs
+        # The moments after the loop: per term, (count, mean, M2) of every step.
+        count = input_moments[0]
         moments = {"input": input_moments}
         for k, term in enumerate(cell.normalized_terms[1:]):
-            moments[term] = (statistics[2 * k], statistics[2 * k + 1], count)
-        steps = ops.arange(ops.shape(sequences)[1], dtype="int32") + ops.cast(
-            ops.max(first_step, initial=0.0), "int32"
-        )
-        cell.update_statistics(moments, step_slots(steps, cell.max_timesteps))
+            moments[term] = moments_from_variance(count, statistics[2 * k], statistics[2 * k + 1])
+        # Each sample's step goes to its own slot (samples of a stateful layer may carry
+        # different counters); the statistics of a step are those of all its samples.
+        cell.update_statistics(moments, slot_shares(input_slots, sample_mask, cell.max_timesteps))
         if original_mask is not None:
             last_output, outputs = self._outputs_in_input_order(states[0], outputs, original_mask)
         return last_output, outputs, states
 
-    def _generic_loop(self, projected, initial_state, mask, sample_mask, training):
-        """Keras's loop over `cell.step` in training, for what the fused loop doesn't run
-        (another backend, the GRU, other activations or dtypes, `unroll`). Returns
-        `(last_output, outputs, states, statistics)`, statistics as the fused loop's: per
-        term, the mean and variance of every step, `(T, F)` each."""
+    def _generic_loop(self, projected, initial_state, sample_mask, training):
+        """The recurrence over `cell.step` in training, for what the fused loop doesn't run
+        (torch, other activations or dtypes, `unroll`), as a
+        `keras.ops.scan` whose carry holds the states and the step's statistics (the
+        TensorFlow scan returns values shaped as its carry). Real steps come first: a
+        padded step keeps the state. Returns `(hs (B, T, U), final states without the
+        counter, statistics)`, statistics as the fused loop's: per term after the input's,
+        the mean and variance of every step, `(T, F)` each, float32."""
         cell = self.cell
-        step_inputs = projected
-        if mask is not None:
-            # The step needs each sample's mask for its statistics: it travels as one
-            # more input column, as the loop shows the step nothing else.
-            step_mask = ops.cast(ops.expand_dims(sample_mask, -1), projected.dtype)
-            step_inputs = ops.concatenate([projected, step_mask], axis=-1)
-        units = cell.units
-        # One mean and one variance per term after the input's.
-        widths = []
+        states = list(initial_state[:-1])
+        if sample_mask is None:
+            sample_mask = ops.ones(ops.shape(projected)[:2], dtype="float32")
+            masked = False
+        else:
+            masked = True
+        # One tensor to scan over (the TensorFlow scan can't take several of unknown
+        # length): every step's projected input, and its mask as one more column.
+        mask_column = ops.cast(ops.expand_dims(sample_mask, -1), projected.dtype)
+        steps_in = ops.transpose(ops.concatenate([projected, mask_column], -1), (1, 0, 2))
+        dtype = statistics_dtype(projected)
+        statistics = []
         for term in cell.normalized_terms[1:]:
-            widths += [cell.moving(term)[0].shape[-1]] * 2
-        # The step's batch statistics ride along with h (one copy per sample) in the
-        # step's output. They ride in the first state too: JAX's masked loop reuses that
-        # state as the output of a masked step, so both must have the same width.
-        first = initial_state[0]
-        padding = ops.zeros((ops.shape(first)[0], sum(widths)), dtype=first.dtype)
-        initial_state = [ops.concatenate([first, padding], -1)] + list(initial_state[1:])
+            width = cell.moving(term)[0].shape[-1]
+            statistics += [ops.zeros((width,), dtype=dtype)] * 2
 
-        def step(inputs_t, states):
-            if mask is None:
-                projected_t, mask_t = inputs_t, None
-            else:
-                projected_t, mask_t = inputs_t[:, :-1], inputs_t[:, -1:]
-            states = [states[0][:, :units]] + list(states[1:])
-            h, new_states, moments = cell.step(projected_t, states, training=training, mask=mask_t)
-            batch = ops.shape(h)[0]
-            riders = [
-                ops.stop_gradient(ops.broadcast_to(ops.cast(value, h.dtype), (batch, value.shape[-1])))
-                for term in cell.normalized_terms[1:]
-                for value in moments[term]
-            ]
-            h = ops.concatenate([h] + riders, -1)
-            return h, [h] + list(new_states[1:])
+        def step(carry, inputs):
+            states, _ = carry
+            projected_t, mask_t = inputs[:, :-1], inputs[:, -1:]
+            counter = ops.zeros_like(mask_t)  # training: the slot is not read in the step
+            h, new_states, moments = cell.step(
+                projected_t, states + [counter], training=training, mask=mask_t if masked else None
+            )
+            kept = [ops.where(mask_t > 0, new, old) for new, old in zip(new_states[:-1], states)]
+            values = [ops.cast(v, dtype) for term in cell.normalized_terms[1:] for v in moments[term]]
+            return (kept, values), (kept, values)
 
-        last_output, outputs, states = self.run_loop(step, step_inputs, initial_state, mask, True)
-        # Every sample that is real at a step carries that step's statistics: their mean
-        # over those samples (0 where there are none, e.g. an empty batch).
-        real = ops.ones_like(outputs[..., 0]) if mask is None else sample_mask
-        dtype = statistics_dtype(outputs)
-        real = ops.expand_dims(ops.cast(real, dtype), -1)
-        riders = ops.cast(outputs[..., units:], dtype)
-        riders = ops.sum(riders * real, axis=0) / ops.maximum(ops.sum(real, axis=0), 1.0)
-        statistics, offset = (), 0
-        for width in widths:
-            statistics += (riders[:, offset : offset + width],)
-            offset += width
-        states = [states[0][:, :units]] + list(states[1:])
-        return last_output[..., :units], outputs[..., :units], states, statistics
+        _, (all_states, all_statistics) = ops.scan(
+            step, (states, statistics), steps_in, unroll=self.unroll
+        )
+        hs = ops.transpose(all_states[0], (1, 0, 2))
+        final_states = [s[-1] for s in all_states]
+        return hs, final_states, tuple(ops.stop_gradient(v) for v in all_statistics)
 
     def _outputs_in_input_order(self, final_h, outputs, mask):
         """Keras's outputs for the original step order, from the loop over real steps
@@ -584,8 +701,9 @@ _BN_LAYER_DOC = """
     - **one update per batch**: population statistics move once per batch, after the
       loop, on every backend (JAX included) and with no double move of slot 0;
     - **speed** in training: `x·kernel` and its normalization are computed for all
-      steps before the loop, and (LSTM on TensorFlow, default activations) the loop runs
-      the cell's step with its hand-written derivative (`keras_recnorm.recurrence`).
+      steps before the loop, and (TensorFlow or JAX, default activations, float32 or
+      float64) the loop runs the cell's step with its hand-written derivative
+      (`keras_recnorm.recurrence`).
       At inference it runs as `RNN({cell})`.
 
     Steps are counted per sample, over its real steps only: the statistics of slot t come
@@ -629,82 +747,78 @@ class BatchNormGRU(_BatchNormSequence):
     cell_class = BatchNormGRUCell
 
 
-class _ExactAverages:
-    """Collects every batch statistic per (cell, term, slot) while
-    `recompute_population_statistics` runs the model; then writes their averages.
+class _MergedStatistics:
+    """Merges every batch's moments per (cell, term, slot) while
+    `recompute_population_statistics` runs the model; writes them when asked.
 
     Keras calls a cell inside `keras.layers.RNN` on the first step once or twice more
     before its loop (to infer shapes; to prepare the dropout masks of stacked cells), and
-    with `go_backwards` on the wrong step. Only a batch's last `timesteps` one-step
-    statistics of a cell are its real steps: the rest is dropped at the end of the batch.
+    with `go_backwards` on the wrong step; all of these see the initial step counter. The
+    loop's steps follow, with the counter advancing: a batch's real steps of a cell are its
+    one-step calls from the last one made with the first call's counter on.
     """
 
     def __init__(self):
         self.totals = {}
         self.pending = {}
 
-    def add(self, cell, term, slots, mean, variance, count):
-        self.pending.setdefault((id(cell), term), (cell, []))[1].append(
-            (np.asarray(slots), np.asarray(mean), np.asarray(variance), np.asarray(count))
-        )
+    def add(self, cell, moments, slots, step=None):
+        """`step`: the counter of a cell's one-step call, `None` for a whole sequence."""
+        calls = self.pending.setdefault(id(cell), (cell, []))[1]
+        moments = {term: tuple(np.asarray(v, "float64") for v in m) for term, m in moments.items()}
+        calls.append((None if step is None else float(step), moments, np.asarray(slots)))
 
-    def end_batch(self, timesteps):
-        for key, (cell, contributions) in self.pending.items():
-            single_steps = [c for c in contributions if c[0].shape[0] == 1]
-            if single_steps:
-                contributions = single_steps[len(single_steps) - timesteps :]
-            for slots, mean, variance, count in contributions:
-                self._accumulate(key, cell, slots, mean, variance, count)
+    def end_batch(self):
+        for cell, calls in self.pending.values():
+            steps = [step for step, _, _ in calls if step is not None]
+            if steps:
+                first = max(k for k, (step, _, _) in enumerate(calls) if step == steps[0])
+                calls = [c for k, c in enumerate(calls) if c[0] is None or k >= first]
+            for _, moments, slots in calls:
+                for term, term_moments in moments.items():
+                    batch = merge_moments_by_slot(term_moments, slots, cell.max_timesteps)
+                    key = (id(cell), term)
+                    total = self.totals.get(key, (cell, None))[1]
+                    if total is not None:
+                        batch = merge_moments(total, batch)
+                    self.totals[key] = (cell, tuple(np.asarray(v, "float64") for v in batch))
         self.pending = {}
 
-    def _accumulate(self, key, cell, slots, mean, variance, count):
-        width = mean.shape[-1]
-        sums = self.totals.setdefault(
-            key,
-            [cell, np.zeros((cell.max_timesteps, width)), np.zeros((cell.max_timesteps, width)),
-             np.zeros((cell.max_timesteps, 1))],
-        )
-        for step in np.nonzero(count > 0)[0]:
-            slot = slots[step]
-            sums[1][slot] += mean[step]
-            sums[2][slot] += variance[step]
-            sums[3][slot] += 1
-
     def write(self):
-        for (_, term), (cell, mean_sum, variance_sum, batches) in self.totals.items():
-            moving_mean, moving_variance = cell.moving(term)
-            reached = batches > 0
-            safe = np.maximum(batches, 1)
-            mean = np.where(reached, mean_sum / safe, np.asarray(moving_mean))
-            variance = np.where(reached, variance_sum / safe, np.asarray(moving_variance))
-            moving_mean.assign(mean.astype("float32"))
-            moving_variance.assign(variance.astype("float32"))
-
-
-def _first_array(inputs):
-    while isinstance(inputs, (tuple, list, dict)):
-        inputs = next(iter(inputs.values())) if isinstance(inputs, dict) else inputs[0]
-    return inputs
+        """Sets each reached slot to its merged statistics; other slots keep theirs."""
+        for (_, term), (cell, moments) in self.totals.items():
+            reached = moments[0][:, None] > 0
+            mean = np.asarray(moments[1])
+            variance = np.asarray(moments_variance(moments))
+            for variable, value in zip(cell.moving(term), (mean, variance)):
+                variable.assign(np.where(reached, value, np.asarray(variable)).astype("float32"))
 
 
 def recompute_population_statistics(model, dataset, steps=None, verbose=1):
-    """Sets every batch-normalized cell's population statistics to exact averages.
+    """Sets every batch-normalized cell's population statistics to the statistics of all
+    the samples of `dataset`.
 
     The paper's alternative to moving averages (Cooijmans et al. 2016, sec. 4): run the
-    model in training mode over `steps` batches, and set each slot's population mean and
-    variance to the average of the batch statistics of that step, counting per slot only
-    the batches that reached it (slots that no batch reached are reset to their
-    initializers). Trainable weights are left untouched; dropout is active while the
-    statistics are gathered, as at training time. Shows a progress bar.
+    model in training mode over `steps` batches and set each slot's population mean and
+    variance to those of every sample that reached that step, in every batch: each batch's
+    `(count, mean, M2)` per step is merged per slot (`merge_moments`, count-weighted), so a
+    slot that one sample per batch reaches gets the variance across those samples. Slots
+    come from each cell's own step counter (whatever layers come before it); slots no
+    batch reached keep their statistics. Nothing is written until every batch has run:
+    an exception (even `KeyboardInterrupt`) leaves the previous statistics as they were.
+    Trainable weights are left untouched; dropout is active while the statistics are
+    gathered, as at training time. Shows a progress bar.
 
     Runs eagerly, so it works with cells in `keras.layers.RNN` on TensorFlow and with the
-    whole-sequence layers on every backend.
+    whole-sequence layers on every backend. A cell inside `keras.layers.RNN` never sees the
+    mask: its padded samples count, as in its training.
 
     Args:
         model: a Keras model (or layer) containing `BatchNormLSTMCell`/`BatchNormGRUCell`
             cells or `BatchNormLSTM`/`BatchNormGRU` layers, at any depth.
         dataset: an iterable of batches: `x`, or `(x, y)` / `(x, y, sample_weight)`
-            tuples, e.g. a `tf.data.Dataset`.
+            tuples, e.g. a `tf.data.Dataset`; `x` is whatever the model takes (a tensor,
+            raw strings, a list or dict of inputs).
         steps: number of batches to use (default: all of `dataset`).
         verbose: 1 shows a progress bar, 0 is silent.
 
@@ -728,13 +842,9 @@ def recompute_population_statistics(model, dataset, steps=None, verbose=1):
         )
     if steps is not None:
         check_positive_int("steps", steps)
-    averages = _ExactAverages()
+    merged = _MergedStatistics()
     for cell in cells:
-        for term in cell.normalized_terms:
-            moving_mean, moving_variance = cell.moving(term)
-            moving_mean.assign(cell.moving_mean_initializer(moving_mean.shape))
-            moving_variance.assign(cell.moving_variance_initializer(moving_variance.shape))
-        cell.statistics_accumulator = averages
+        cell.statistics_accumulator = merged
     progress = keras.utils.Progbar(steps, unit_name="batch", verbose=verbose)
     used = 0
     try:
@@ -743,7 +853,7 @@ def recompute_population_statistics(model, dataset, steps=None, verbose=1):
                 break
             inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
             model(inputs, training=True)
-            averages.end_batch(timesteps=keras.ops.shape(_first_array(inputs))[1])
+            merged.end_batch()
             used += 1
             progress.update(used)
     finally:
@@ -751,5 +861,5 @@ def recompute_population_statistics(model, dataset, steps=None, verbose=1):
             cell.statistics_accumulator = None
     if used == 0:
         raise ValueError("recompute_population_statistics: `dataset` gave no batch.")
-    averages.write()
+    merged.write()
     return used

@@ -1,4 +1,5 @@
-"""Shared numerics: layer normalization, per-step batch moments, moving averages.
+"""Shared numerics: layer normalization, per-step batch moments `(count, mean, M2)` and
+the one rule that merges them, moving averages.
 
 Every cell and layer in the package normalizes through these few functions, so the
 arithmetic (biased variance, epsilon inside the square root, float32 under mixed
@@ -52,8 +53,13 @@ def _layer_standardized(x, epsilon):
 
 
 def batch_moments(x, mask=None):
-    """Per-feature mean and biased variance over the batch axis (axis 0), in float32 (float64
-    for float64 input).
+    """Per-feature batch moments `(count, mean, M2)` over the batch axis (axis 0), in
+    float32 (float64 for float64 input); `M2` is the sum of squared deviations from the
+    mean, so the biased variance is `M2 / count` (`moments_variance`).
+
+    Every batch statistic of the package is carried in this form, and any two are combined
+    with `merge_moments` (steps sharing a slot, replicas, recompute batches, the moving
+    average).
 
     Args:
         x: `(batch, ...features)`, e.g. `(B, F)` for one step or `(B, T, F)` for a
@@ -62,23 +68,122 @@ def batch_moments(x, mask=None):
             features): samples with 0 are left out of the statistics.
 
     Returns:
-        `(mean, variance, count)`: `mean`/`variance` of shape `x.shape[1:]`, `count`
-        the number of samples that took part, of shape `x.shape[1:-1]`. Where no sample
-        took part, mean and variance are 0 (callers skip those updates).
+        `(count, mean, M2)`: `count` the number of samples that took part, of shape
+        `x.shape[1:-1]`; `mean` and `M2` of shape `x.shape[1:]`. Where no sample took
+        part, all three are 0.
     """
     dtype = statistics_dtype(x)
     x32 = ops.cast(x, dtype)
     if mask is None:
-        mean = ops.mean(x32, axis=0)
-        variance = ops.mean(ops.square(x32 - mean), axis=0)
-        count = ops.sum(ops.ones_like(x32[..., 0]), axis=0)
-        return mean, variance, count
-    weights = ops.expand_dims(ops.cast(mask, dtype), -1)
+        weights = ops.ones_like(x32[:, ..., :1])
+    else:
+        weights = ops.expand_dims(ops.cast(mask, dtype), -1)
     count = ops.sum(weights, axis=0)
-    safe_count = ops.maximum(count, 1.0)
-    mean = ops.sum(x32 * weights, axis=0) / safe_count
-    variance = ops.sum(ops.square(x32 - mean) * weights, axis=0) / safe_count
-    return mean, variance, ops.squeeze(count, -1)
+    mean = ops.sum(x32 * weights, axis=0) / ops.maximum(count, 1.0)
+    m2 = ops.sum(ops.square(x32 - mean) * weights, axis=0)
+    return ops.squeeze(count, -1), mean, m2
+
+
+def moments_variance(moments):
+    """The biased variance `M2 / count` of `(count, mean, M2)` (0 where count is 0)."""
+    count, _, m2 = moments
+    return m2 / ops.maximum(ops.expand_dims(ops.cast(count, m2.dtype), -1), 1.0)
+
+
+def moments_from_variance(count, mean, variance):
+    """`(count, mean, M2)` from a mean and biased variance over `count` samples."""
+    count = ops.cast(count, mean.dtype)
+    return count, mean, variance * ops.expand_dims(count, -1)
+
+
+def merge_moments(a, b):
+    """The moments of the union of two disjoint sets of samples (Chan, Golub & LeVeque
+    1979): `n = na + nb; δ = mb − ma; mean = ma + δ·nb/n; M2 = M2a + M2b + δ²·na·nb/n`.
+
+    The one rule by which the package combines statistics. `a` and `b` are
+    `(count, mean, M2)` with count of shape `(...)`, mean and M2 `(..., F)` (broadcasting);
+    a count of 0 is an empty set (its mean and M2 are ignored).
+    """
+    na, ma, m2a = a
+    nb, mb, m2b = b
+    n = na + nb
+    # nb/n and na·nb/n, safe where both sets are empty.
+    share_b = ops.expand_dims(nb / ops.maximum(n, 1e-30), -1)
+    delta = mb - ma
+    mean = ma + delta * share_b
+    m2 = m2a + m2b + ops.square(delta) * ops.expand_dims(na, -1) * share_b
+    return n, mean, m2
+
+
+def merge_moments_by_slot(moments, slots, num_slots):
+    """Merges the moments of K steps into `num_slots` slots: slot s gets the merged moments
+    of every step k with `slots[k] == s` (`merge_moments` over all of them at once, in
+    closed form; zeros for a slot no step reached).
+
+    Args:
+        moments: `(count (K,), mean (K, F), M2 (K, F))`.
+        slots: int `(K,)`; or float `(K, num_slots)`, the share of step k's samples that
+            are at slot s (`slot_shares`), when a step's samples are at different slots.
+        num_slots: number of slots S.
+
+    Returns:
+        `(count (S,), mean (S, F), M2 (S, F))`.
+    """
+    count, mean, m2 = moments
+    dtype = mean.dtype
+    count = ops.cast(count, dtype)
+    # A step nobody took part in has no statistic: keep whatever it holds out.
+    used = ops.expand_dims(count > 0, -1)
+    mean = ops.where(used, mean, 0.0)
+    m2 = ops.where(used, m2, 0.0)
+    if len(slots.shape) == 1:
+        shares = ops.one_hot(slots, num_slots, dtype=dtype)
+    else:
+        shares = ops.cast(slots, dtype)
+    weights = ops.transpose(shares * count[:, None])  # (S, K): samples of step k in slot s
+    slot_count = ops.sum(weights, axis=1)
+    # Chan's rule for many parts: the parts' M2 plus each part's n·δ² to the merged mean
+    # (a part: a step's samples at a slot). Σ n·δ² is taken around the steps' overall
+    # mean `center`, so that it is a difference of small numbers.
+    center = ops.sum(count[:, None] * mean, axis=0) / ops.maximum(ops.sum(count), 1.0)
+    offset = mean - center
+    slot_offset = ops.matmul(weights, offset) / ops.maximum(slot_count, 1.0)[:, None]
+    spread = ops.matmul(weights, ops.square(offset)) - slot_count[:, None] * ops.square(slot_offset)
+    slot_m2 = ops.matmul(ops.transpose(shares), m2) + ops.maximum(spread, 0.0)
+    slot_mean = ops.where(slot_count[:, None] > 0, center + slot_offset, 0.0)
+    return slot_count, slot_mean, slot_m2
+
+
+def slot_shares(slots, mask, num_slots):
+    """`(K, num_slots)`: the share of each step's counted samples at each slot, from every
+    sample's `slots (B, K)` and `mask (B, K)` (0/1, `None` for all)."""
+    steps = ops.shape(slots)[1]
+    weights = ops.ones(ops.shape(slots)) if mask is None else ops.cast(mask, "float32")
+    # Histogram of (step, slot) pairs, as a sum over the segments k·S + s.
+    pairs = ops.expand_dims(ops.arange(steps, dtype="int32"), 0) * num_slots + ops.cast(slots, "int32")
+    counts = ops.segment_sum(
+        ops.reshape(ops.cast(weights, "float32"), (-1,)),
+        ops.reshape(pairs, (-1,)),
+        num_segments=steps * num_slots,
+    )
+    counts = ops.reshape(counts, (steps, num_slots))
+    return counts / ops.maximum(ops.sum(counts, axis=-1, keepdims=True), 1.0)
+
+
+def moments_to_sums(moments):
+    """`(n, n·mean, M2 + n·mean²)`: the power sums, which add across replicas (one
+    all-reduce of the three); `moments_from_sums` turns the totals back into moments."""
+    count, mean, m2 = moments
+    n = ops.expand_dims(count, -1)
+    return count, n * mean, m2 + n * ops.square(mean)
+
+
+def moments_from_sums(sums):
+    """Inverse of `moments_to_sums`."""
+    count, total, squares = sums
+    n = ops.maximum(ops.expand_dims(count, -1), 1e-30)
+    mean = total / n
+    return count, mean, ops.maximum(squares - n * ops.square(mean), 0.0)
 
 
 def batch_normalize(x, mean, variance, gamma, beta=None, epsilon=1e-5):
@@ -105,38 +210,46 @@ def step_slots(steps, max_timesteps):
     return ops.clip(steps, 0, max_timesteps - 1)
 
 
-def moving_average_update(moving, slots, batch_value, count, momentum):
-    """New value of a `(max_timesteps, F)` moving statistic after one batch.
+def moving_average_update(moving_mean, moving_variance, moments, slots, momentum):
+    """New population statistics `(mean, variance)`, `(max_timesteps, F)` each, after one
+    batch whose K steps had the batch moments `moments` and the statistics `slots`.
 
-    For every slot `s`, each step `k` with `slots[k] == s` and `count[k] > 0` applies
-    `m_s <- momentum * m_s + (1 - momentum) * batch_value[k]`, in the order of `k`.
-    Steps nobody took part in (all padding) leave their slot as it was.
+    The steps are first merged per slot (`merge_moments_by_slot`). The old population
+    statistics then count as a pseudo-sample of weight `w = N·momentum / (1 − momentum)`,
+    N the batch's sample count (the largest count of any step), and each slot's batch
+    moments are merged into it with `merge_moments`:
+
+    - a step all N samples reached moves the mean as an EMA does,
+      `m ← momentum·m + (1 − momentum)·μ_t`; a step reached by k of them moves it by
+      `k / (k + w)` (every sample weighs the same, whatever its batch's padding);
+    - the variance becomes the merged (total) variance, `δ²` term included: samples of
+      different batches count with the spread between them, so a slot that one sample per
+      batch reaches converges to the variance across those samples, not to 0;
+    - a slot no step reached keeps its value.
 
     Args:
-        moving: current moving statistic, `(max_timesteps, F)`.
-        slots: int `(K,)`, the slot of each step.
-        batch_value: `(K, F)`, the batch statistic of each step.
-        count: `(K,)`, how many samples took part in each step's statistic.
-        momentum: the EMA's momentum.
+        moving_mean, moving_variance: current population statistics, `(max_timesteps, F)`.
+        moments: the batch moments `(count (K,), mean (K, F), M2 (K, F))`.
+        slots: int `(K,)`, the slot of each step, or `(K, max_timesteps)` slot shares
+            (see `merge_moments_by_slot`).
+        momentum: the moving average's momentum, in [0, 1).
 
     Returns:
-        The updated `(max_timesteps, F)` tensor (float32).
+        `(mean, variance)`, float32.
     """
-    moving = ops.cast(moving, "float32")
-    max_timesteps = moving.shape[0]
-    used = ops.cast(count > 0, "float32")
-    # An empty or all-padded step has no statistic (its mean may be NaN): never let it in.
-    batch_value = ops.where(ops.expand_dims(used, -1) > 0, ops.cast(batch_value, "float32"), 0.0)
-    # In closed form, for any number of steps (even unknown while tracing): a slot hit n
-    # times keeps momentum**n of its old value, and the value of a step that is followed
-    # by j more hits of its slot enters with (1 - momentum) * momentum**j.
-    hits = ops.one_hot(slots, max_timesteps, dtype="float32") * ops.expand_dims(used, -1)
-    hits_after = ops.flip(ops.cumsum(ops.flip(hits, 0), axis=0), 0) - hits
-    later = ops.sum(hits_after * hits, axis=-1)
-    weights = (1.0 - momentum) * ops.power(momentum, later) * used
-    target = ops.matmul(ops.transpose(hits), ops.expand_dims(weights, -1) * batch_value)
-    keep = ops.power(momentum, ops.sum(hits, axis=0))[:, None]
-    return moving * keep + target
+    moving_mean = ops.cast(moving_mean, "float32")
+    moving_variance = ops.cast(moving_variance, "float32")
+    count, mean, m2 = (ops.cast(v, "float32") for v in moments)
+    batch = merge_moments_by_slot((count, mean, m2), slots, moving_mean.shape[0])
+    weight = ops.max(count, initial=0.0) * (momentum / (1.0 - momentum))
+    weight = ops.broadcast_to(weight, ops.shape(batch[0]))
+    old = (weight, moving_mean, moving_variance * ops.expand_dims(weight, -1))
+    merged = merge_moments(old, batch)
+    reached = ops.expand_dims(batch[0] > 0, -1)
+    return (
+        ops.where(reached, merged[1], moving_mean),
+        ops.where(reached, moments_variance(merged), moving_variance),
+    )
 
 
 # -- standardization with its derivative, for the loops with hand-written gradients ----
@@ -168,7 +281,8 @@ def batch_standardize(x, epsilon, weights=None):
     and variance `(F,)` in float32 (float64 for float64 input). With no sample counted,
     mean and variance are 0 (and x̂ is unused by the caller).
     """
-    mean, variance, _ = batch_moments(x, None if weights is None else weights[:, 0])
+    moments = batch_moments(x, None if weights is None else weights[:, 0])
+    mean, variance = moments[1], moments_variance(moments)
     x_hat, rstd = standardize_with(x, mean, variance, epsilon)
     return x_hat, rstd, mean, variance
 

@@ -150,21 +150,55 @@ def batch_moments(a, rows):
     return mean, ((taken - mean) ** 2).mean(axis=0), count
 
 
-class _Normalizer:
-    """`BN_t` for one sequence: batch statistics at training time (and their EMA into the
-    population slots, in step order), population slot `min(t, T_max − 1)` at inference."""
+def population_update(mean, variance, samples, batch_size, momentum):
+    """New population `(mean, variance)` of one slot after a batch whose `samples (n, F)`
+    reached it, in a batch of `batch_size` samples.
 
-    def __init__(self, weights, terms, training, momentum, epsilon, first_step_updates):
+    The old statistics stand for `w = batch_size·momentum/(1 − momentum)` samples with that
+    mean and variance; the new ones are those of the mixture of them and `samples` (law of
+    total variance). A step all samples reached moves the mean as the EMA
+    `momentum·m + (1 − momentum)·μ`; a step k samples reached moves it by `k / (k + w)`.
+    """
+    n = len(samples)
+    if n == 0:
+        return mean, variance
+    w = batch_size * momentum / (1.0 - momentum)
+    batch_mean, batch_variance = samples.mean(axis=0), samples.var(axis=0)
+    new_mean = (w * mean + n * batch_mean) / (w + n)
+    new_variance = (w * (variance + (mean - new_mean) ** 2)
+                    + n * (batch_variance + (batch_mean - new_mean) ** 2)) / (w + n)
+    return new_mean, new_variance
+
+
+class _Normalizer:
+    """`BN_t` for one sequence: batch statistics at training time (and their update of the
+    population slots), population slot `min(t, T_max − 1)` at inference.
+
+    Updates (`population_update`): a cell in `keras.layers.RNN` updates its slot after
+    every step, with the step's samples; a whole-sequence layer (`whole_sequence`) pools
+    every step's samples per slot and updates each slot once, after the loop, with
+    `batch_size` the most samples of any step."""
+
+    def __init__(self, weights, terms, training, momentum, epsilon, first_step_updates,
+                 whole_sequence):
         self.moving = {f"{term}_moving_{stat}": weights[f"{term}_moving_{stat}"].copy()
                        for term in terms for stat in ("mean", "variance")}
         self.max_timesteps = next(iter(self.moving.values())).shape[0]
         self.training, self.momentum, self.epsilon = training, momentum, epsilon
         self.first_step_updates = first_step_updates
+        self.whole_sequence = whole_sequence
         self.batch_stats = {f"{term}_{stat}": [] for term in terms for stat in ("mean", "variance")}
-        self.updates_done = set()
+        self.pooled = {}  # (term, slot) -> list of sample arrays (whole_sequence)
+        self.batch_size = 0
 
     def slot(self, step):
         return np.minimum(np.asarray(step, int), self.max_timesteps - 1)
+
+    def _update(self, term, slot, samples, batch_size):
+        mean = self.moving[f"{term}_moving_mean"]
+        variance = self.moving[f"{term}_moving_variance"]
+        mean[slot], variance[slot] = population_update(
+            mean[slot], variance[slot], samples, batch_size, self.momentum)
 
     def __call__(self, term, a, gamma, beta, loop_step, sample_steps, rows):
         """Normalize `a (B, F)`, the `term` at loop step `loop_step` (the batch's time
@@ -180,17 +214,24 @@ class _Normalizer:
         self.batch_stats[f"{term}_variance"].append(variance)
         if count > 0:
             slot = int(self.slot(loop_step))
-            repeats = self.first_step_updates if len(self.batch_stats[f"{term}_mean"]) == 1 else 1
-            for _ in range(repeats):
-                for stat, value in (("mean", mean), ("variance", variance)):
-                    moving = self.moving[f"{term}_moving_{stat}"]
-                    moving[slot] = self.momentum * moving[slot] + (1.0 - self.momentum) * value
+            if self.whole_sequence:
+                self.pooled.setdefault((term, slot), []).append(a[rows])
+                self.batch_size = max(self.batch_size, count)
+            else:
+                repeats = self.first_step_updates if len(self.batch_stats[f"{term}_mean"]) == 1 else 1
+                for _ in range(repeats):
+                    self._update(term, slot, a[rows], count)
         return batch_norm(a, mean, variance, gamma, beta, self.epsilon)
+
+    def finish(self):
+        """The whole-sequence layer's update after the loop."""
+        for (term, slot), samples in self.pooled.items():
+            self._update(term, slot, np.concatenate(samples), self.batch_size)
 
 
 def _bn_run(kind, weights, x, states, step0, *, training, momentum, epsilon, mask,
             exclude_masked, zero_output_for_mask, first_step_updates, activation,
-            recurrent_activation, return_batch_statistics):
+            recurrent_activation, return_batch_statistics, whole_sequence):
     w = _as64(weights)
     x = np.asarray(x, dtype=np.float64)
     batch, steps = x.shape[:2]
@@ -211,8 +252,9 @@ def _bn_run(kind, weights, x, states, step0, *, training, momentum, epsilon, mas
             epsilon=epsilon, mask=mask, exclude_masked=exclude_masked,
             zero_output_for_mask=zero_output_for_mask, first_step_updates=first_step_updates,
             activation=activation, recurrent_activation=recurrent_activation,
-            return_batch_statistics=return_batch_statistics)
-    norm = _Normalizer(w, BN_TERMS[kind], training, momentum, epsilon, first_step_updates)
+            return_batch_statistics=return_batch_statistics, whole_sequence=whole_sequence)
+    norm = _Normalizer(w, BN_TERMS[kind], training, momentum, epsilon, first_step_updates,
+                       whole_sequence)
     sigma, tanh = recurrent_activation, activation
     outputs, previous_output = [], np.zeros((batch, units))
     for t in range(steps):
@@ -243,6 +285,7 @@ def _bn_run(kind, weights, x, states, step0, *, training, momentum, epsilon, mas
         fill = np.zeros_like(h_new) if zero_output_for_mask else previous_output
         previous_output = np.where(keep[:, None], h_new, fill)
         outputs.append(previous_output)
+    norm.finish()
     result = (np.stack(outputs, axis=1), states + [counter[:, None]], norm.moving)
     if return_batch_statistics:
         stats = {name: np.stack(values) if values else np.zeros((0, width))
@@ -287,7 +330,7 @@ def _bn_run_real_steps_first(kind, weights, x, states, step0, *, mask, zero_outp
 def bn_lstm(weights, x, h0=None, c0=None, step0=None, *, training, momentum=0.95,
             epsilon=1e-5, mask=None, exclude_masked=True, zero_output_for_mask=False,
             first_step_updates=1, activation=np.tanh, recurrent_activation=sigmoid,
-            return_batch_statistics=False):
+            return_batch_statistics=False, whole_sequence=False):
     """BatchNormLSTMCell / BatchNormLSTM (Cooijmans et al. 2016), per-time-step statistics.
 
     ```
@@ -326,12 +369,14 @@ def bn_lstm(weights, x, h0=None, c0=None, step0=None, *, training, momentum=0.95
                    exclude_masked=exclude_masked, zero_output_for_mask=zero_output_for_mask,
                    first_step_updates=first_step_updates, activation=activation,
                    recurrent_activation=recurrent_activation,
-                   return_batch_statistics=return_batch_statistics)
+                   return_batch_statistics=return_batch_statistics,
+                   whole_sequence=whole_sequence)
 
 
 def bn_gru(weights, x, h0=None, step0=None, *, training, momentum=0.95, epsilon=1e-5,
            mask=None, exclude_masked=True, zero_output_for_mask=False, first_step_updates=1,
-           activation=np.tanh, recurrent_activation=sigmoid, return_batch_statistics=False):
+           activation=np.tanh, recurrent_activation=sigmoid, return_batch_statistics=False,
+           whole_sequence=False):
     """BatchNormGRUCell / BatchNormGRU: the GRU (`reset_after` form) with `BN_t`:
 
     ```
@@ -348,4 +393,5 @@ def bn_gru(weights, x, h0=None, step0=None, *, training, momentum=0.95, epsilon=
                    zero_output_for_mask=zero_output_for_mask,
                    first_step_updates=first_step_updates, activation=activation,
                    recurrent_activation=recurrent_activation,
-                   return_batch_statistics=return_batch_statistics)
+                   return_batch_statistics=return_batch_statistics,
+                   whole_sequence=whole_sequence)

@@ -64,9 +64,9 @@ def test_layer_norm_float64_keeps_float64_precision(rng):
 
 def test_batch_moments_without_mask(rng):
     x = rng.normal(1.0, 2.0, (6, 5, 3)).astype("float32")
-    mean, variance, count = (to_numpy(v) for v in normalization.batch_moments(x))
+    count, mean, m2 = (to_numpy(v) for v in normalization.batch_moments(x))
     np.testing.assert_allclose(mean, x.mean(0), atol=1e-6)
-    np.testing.assert_allclose(variance, x.var(0), atol=1e-5)  # biased (ddof=0)
+    np.testing.assert_allclose(m2 / 6, x.var(0), atol=1e-5)  # M2 / n: the biased variance
     np.testing.assert_array_equal(count, np.full(5, 6.0))
 
 
@@ -74,15 +74,19 @@ def test_batch_moments_leave_masked_samples_out(rng):
     x = rng.normal(1.0, 2.0, (6, 5, 3)).astype("float32")
     mask = rng.random((6, 5)) > 0.4
     mask[:, 4] = False  # a step nobody took part in
-    mean, variance, count = (to_numpy(v) for v in normalization.batch_moments(x, mask))
+    moments = normalization.batch_moments(x, mask)
+    count, mean, m2 = (to_numpy(v) for v in moments)
+    variance = to_numpy(normalization.moments_variance(moments))
     for t in range(5):
         rows = x[mask[:, t], t]
         assert count[t] == len(rows)
         if len(rows):
             np.testing.assert_allclose(mean[t], rows.mean(0), atol=1e-5)
+            np.testing.assert_allclose(m2[t], ((rows - rows.mean(0)) ** 2).sum(0), atol=1e-4)
             np.testing.assert_allclose(variance[t], rows.var(0), atol=1e-5)
         else:
-            assert np.isfinite(mean[t]).all() and np.isfinite(variance[t]).all()
+            np.testing.assert_array_equal(mean[t], 0.0)
+            np.testing.assert_array_equal(variance[t], 0.0)
 
 
 def test_batch_normalize(rng):
@@ -101,21 +105,72 @@ def test_step_slots_clamp_to_last_slot():
     np.testing.assert_array_equal(got, [0, 1, 2, 2, 2])
 
 
-def _ema_in_order(moving, slots, values, count, momentum):
-    moving = moving.astype("float64").copy()
-    for slot, value, n in zip(slots, values, count):
-        if n > 0:
-            moving[slot] = momentum * moving[slot] + (1 - momentum) * value
-    return moving
+def _moments(samples):
+    return (np.float32(len(samples)), samples.mean(0).astype("float32"),
+            ((samples - samples.mean(0)) ** 2).sum(0).astype("float32"))
+
+
+def test_merge_moments_equals_the_moments_of_the_union(rng):
+    a, b = rng.normal(1, 2, (5, 3)), rng.normal(-2, 0.5, (2, 3))
+    count, mean, m2 = (to_numpy(v) for v in normalization.merge_moments(_moments(a), _moments(b)))
+    union = np.concatenate([a, b])
+    assert count == 7
+    np.testing.assert_allclose(mean, union.mean(0), atol=1e-5)
+    np.testing.assert_allclose(m2 / 7, union.var(0), atol=1e-5)
+    # An empty set changes nothing.
+    empty = (np.float32(0.0), np.zeros(3, "float32"), np.zeros(3, "float32"))
+    for merged in (normalization.merge_moments(_moments(a), empty),
+                   normalization.merge_moments(empty, _moments(a))):
+        for got, want in zip(merged, _moments(a)):
+            np.testing.assert_allclose(to_numpy(got), want, atol=1e-5)
+
+
+def test_merge_moments_by_slot_pools_the_steps_of_a_slot(rng):
+    steps = [rng.normal(t, 1 + t, (n, 4)) for t, n in enumerate((3, 1, 0, 4, 2))]
+    slots = np.array([0, 2, 2, 2, 2], "int32")
+    moments = [np.stack(v) for v in zip(*(
+        _moments(s) if len(s) else (np.float32(0), np.zeros(4, "float32"), np.zeros(4, "float32"))
+        for s in steps))]
+    count, mean, m2 = (to_numpy(v) for v in
+                       normalization.merge_moments_by_slot(moments, slots, 3))
+    np.testing.assert_array_equal(count, [3, 0, 7])
+    pooled = np.concatenate(steps[1:])
+    np.testing.assert_allclose(mean[2], pooled.mean(0), atol=1e-5)
+    np.testing.assert_allclose(m2[2] / 7, pooled.var(0), atol=1e-4)
+    np.testing.assert_allclose(mean[0], steps[0].mean(0), atol=1e-5)
+    np.testing.assert_array_equal(mean[1], 0.0)
+
+
+def test_sums_round_trip(rng):
+    moments = _moments(rng.normal(3, 2, (6, 4)))
+    back = normalization.moments_from_sums(normalization.moments_to_sums(moments))
+    for got, want in zip(back, moments):
+        np.testing.assert_allclose(to_numpy(got), want, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("num_steps", [3, 4, 9])  # fewer, as many, more steps than slots
-def test_moving_average_update_matches_in_order_ema(rng, num_steps):
-    max_timesteps, momentum = 4, 0.95
-    moving = rng.normal(0, 1, (max_timesteps, 5)).astype("float32")
+def test_moving_average_update_matches_reference(rng, num_steps):
+    """Against `reference.population_update` over each slot's pooled samples; steps
+    without samples move nothing; a step of all N samples moves the mean as the EMA."""
+    max_timesteps, momentum, features = 4, 0.9, 5
+    moving_mean = rng.normal(0, 1, (max_timesteps, features))
+    moving_variance = rng.uniform(0.5, 2, (max_timesteps, features))
     slots = np.minimum(np.arange(num_steps), max_timesteps - 1).astype("int32")
-    values = rng.normal(0, 1, (num_steps, 5)).astype("float32")
-    count = rng.integers(0, 3, num_steps).astype("float32")  # some steps without samples
-    got = to_numpy(normalization.moving_average_update(moving, slots, values, count, momentum))
-    want = _ema_in_order(moving, slots, values, count, momentum)
-    np.testing.assert_allclose(got, want, atol=1e-6)
+    counts = rng.integers(0, 4, num_steps)
+    counts[0] = 4  # N = 4
+    steps = [rng.normal(0, 1 + k, (n, features)) for k, n in enumerate(counts)]
+    moments = [np.stack(v).astype("float32") for v in zip(*(
+        _moments(s) if len(s) else (np.float32(0), np.zeros(features), np.zeros(features))
+        for s in steps))]
+    mean, variance = (to_numpy(v) for v in normalization.moving_average_update(
+        moving_mean.astype("float32"), moving_variance.astype("float32"), moments, slots,
+        momentum))
+    for slot in range(max_timesteps):
+        samples = [s for s, k in zip(steps, slots) if k == slot and len(s)]
+        samples = np.concatenate(samples) if samples else np.zeros((0, features))
+        want = reference.population_update(moving_mean[slot], moving_variance[slot], samples,
+                                           counts.max(), momentum)
+        np.testing.assert_allclose(mean[slot], want[0], atol=1e-5, err_msg=f"slot {slot}")
+        np.testing.assert_allclose(variance[slot], want[1], atol=1e-5, err_msg=f"slot {slot}")
+    np.testing.assert_allclose(
+        mean[0], momentum * moving_mean[0] + (1 - momentum) * steps[0].mean(0), atol=1e-5)
