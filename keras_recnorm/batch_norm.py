@@ -247,7 +247,11 @@ _BN_ARGS_DOC = """
             Step t uses slot `min(t, max_timesteps - 1)`: longer sequences work and
             share the last slot.
         momentum: momentum of the moving averages of the statistics, in [0, 1)
-            (default 0.95, the reference implementation's update rate 0.05).
+            (default 0.95, the reference implementation's update rate 0.05). A step
+            that all N samples of a batch reach moves its slot's mean by
+            `1 − momentum`; one that k of them reach, by `k / (k + N·momentum /
+            (1 − momentum))` (every sample weighs the same), and the variance moves to
+            the merged variance of old and new samples (docs/batch_norm_statistics.md).
         recurrent_activation: activation of the gates (default `sigmoid`).
         activation: activation of the candidate / cell output (default `tanh`).
         use_bias: whether to add `bias`, the shift of the normalized gate terms.
@@ -709,13 +713,20 @@ _BN_LAYER_DOC = """
     Steps are counted per sample, over its real steps only: the statistics of slot t come
     from every sample's t-th real step, and at inference each sample reads the slots of
     its own steps, so left- or right-padded and backward sequences are all normalized as
-    their unpadded selves would be.
-    `return_state=True` also returns the step counter (last state).
+    their unpadded selves would be. A step that few samples of a batch reach (one long
+    sentence among short ones) is normalized in training with those few samples'
+    statistics (the paper's definition; one sample: variance 0, the term becomes β), and
+    moves the population statistics in proportion to its sample count, towards the
+    variance across all the samples that reached it (docs/batch_norm_statistics.md).
+    `return_state=True` also returns the step counter (last state), in float32 under
+    every dtype policy (so it counts exactly past 256 steps under `mixed_bfloat16`).
 
     Call arguments:
         sequences: a 3D tensor `(batch, timesteps, features)`.
         initial_state: optional list of initial states (`[h, c, step]` for the LSTM,
-            `[h, step]` for the GRU); e.g. a noisy `h` for the paper's sequential MNIST.
+            `[h, step]` for the GRU; without `step`, as `keras.layers.{keras_layer}`
+            takes them, the step counter starts at 0); e.g. a noisy `h` for the
+            paper's sequential MNIST.
         mask: optional boolean `(batch, timesteps)`.
         training: batch statistics and statistics updates (`fit`), or population
             statistics (`predict`, `evaluate`, export).
