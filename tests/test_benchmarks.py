@@ -72,3 +72,14 @@ def test_gpu_script_runs_on_cpu_with_its_smoke_flag():
     stdout = run(["bash", "benchmarks/gpu.sh", "--cpu-smoke"], PYTHON=sys.executable)
     table = rows(stdout)
     assert {"LayerNormLSTM", "LayerNormGRU", "keras.layers.LSTM", "keras.layers.GRU"} <= set(table)
+
+
+def test_profile_script_runs():
+    stdout = run(
+        [sys.executable, "benchmarks/profile_small.py", "--layer", "LayerNormGRU", "--shape",
+         "2,3,2,4", "--repeats", "1", "--jit-compile", "off"]
+    )
+    lines = [line for line in stdout.splitlines() if line.endswith("]")]
+    names = [line[:32].strip() for line in lines]
+    assert names == ["LayerNormGRU forward", "LayerNormGRU train", "GRU forward", "GRU train",
+                     "matmul floor forward"]
