@@ -1,116 +1,137 @@
-"""Training- and inference-step throughput of our recurrent layers, as ratios to
-`keras.layers.LSTM` measured in the same process.
+"""Training- and inference-step throughput of our recurrent layers, each as a ratio to its
+Keras twin (`keras.layers.LSTM` or `keras.layers.GRU`) measured in the same process.
 
 Absolute times on a shared machine drift by 2x from minute to minute, so every candidate
-is timed alternating with the baseline, step by step, on the same shapes, and the median
-of the per-step ratios is reported (lower is faster; 1.0 = as fast as keras.layers.LSTM).
+is timed alternating with its twin, step by step, on the same data, and the median of the
+per-step ratios is reported (lower is faster; 1.0 = as fast as the Keras layer).
 
-Candidates: keras.layers.LSTM (baseline), RNN(LayerNormLSTMCell), LayerNormLSTM,
-RNN(BatchNormLSTMCell), BatchNormLSTM, and a hand-written LN-LSTM cell built from three
-keras.layers.LayerNormalization (how people write one today). Each runs at its best
-`jit_compile` setting (both are tried; the faster is kept and printed).
+A step is one `train_on_batch` (forward, backward, Adam) or one `predict_on_batch` of
+`Input((T, D)) -> layer(U) -> Dense(1)`, built with a dynamic batch dimension (as users
+build models). On TensorFlow each model runs at its faster `jit_compile` setting for
+training (both are tried; the faster is kept and printed); JAX always compiles (XLA), torch
+runs eagerly. The roofline column is the step's matmul FLOPs over the time one plain matmul
+of those FLOPs takes here: the fraction of the machine's matmul speed the step reaches.
 
-The roofline column is the fraction of this machine's matmul speed that the step reaches:
-the step's matmul FLOPs divided by (its time x the FLOP rate of one plain matmul of the
-same FLOPs, timed here).
+The machine (CPU model, cores, accelerators) and the library versions are printed first:
+ratios depend on the machine, so keep them beside any figure.
 
 Usage:
-    python benchmarks/throughput.py             # the three standard shapes
-    python benchmarks/throughput.py --quick     # one small shape, under two minutes
+    python benchmarks/throughput.py                      # every layer, the three shapes
+    python benchmarks/throughput.py --backend jax        # the same on JAX
+    python benchmarks/throughput.py --only LayerNormGRU --shape 32,200,64,128
+    python benchmarks/throughput.py --quick              # smoke run: checks it works
 """
 
 import argparse
 import os
+import platform
 import statistics
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import keras_recnorm as rn  # noqa: E402
-
 STANDARD_SHAPES = [(64, 100, 128, 256), (32, 200, 64, 128), (128, 50, 256, 512)]
-QUICK_SHAPE = (32, 50, 64, 128)
+QUICK_SHAPE = (4, 5, 3, 8)
 
-
-class HandWrittenLNLSTMCell(keras.layers.Layer):
-    """An LN-LSTM cell as commonly written by hand: three LayerNormalization layers."""
-
-    def __init__(self, units, **kwargs):
-        super().__init__(**kwargs)
-        self.units = units
-        self.state_size = [units, units]
-        self.output_size = units
-        self.norm_input = keras.layers.LayerNormalization(center=False)
-        self.norm_recurrent = keras.layers.LayerNormalization(center=False)
-        self.norm_cell = keras.layers.LayerNormalization()
-
-    def build(self, input_shape):
-        self.kernel = self.add_weight(shape=(input_shape[-1], 4 * self.units), name="kernel")
-        self.recurrent_kernel = self.add_weight(
-            shape=(self.units, 4 * self.units), name="recurrent_kernel", initializer="orthogonal"
-        )
-        self.bias = self.add_weight(shape=(4 * self.units,), name="bias", initializer="zeros")
-        self.norm_input.build((None, 4 * self.units))
-        self.norm_recurrent.build((None, 4 * self.units))
-        self.norm_cell.build((None, self.units))
-
-    def call(self, inputs, states):
-        h, c = states
-        z = (
-            self.norm_input(keras.ops.matmul(inputs, self.kernel))
-            + self.norm_recurrent(keras.ops.matmul(h, self.recurrent_kernel))
-            + self.bias
-        )
-        i, f, g, o = keras.ops.split(z, 4, axis=-1)
-        c = keras.ops.sigmoid(f) * c + keras.ops.sigmoid(i) * keras.ops.tanh(g)
-        h = keras.ops.sigmoid(o) * keras.ops.tanh(self.norm_cell(c))
-        return h, [h, c]
-
-
-CANDIDATES = {
-    "keras.layers.LSTM": lambda units, steps: keras.layers.LSTM(units),
-    "RNN(LayerNormLSTMCell)": lambda units, steps: keras.layers.RNN(rn.LayerNormLSTMCell(units)),
-    "LayerNormLSTM": lambda units, steps: rn.LayerNormLSTM(units),
-    "RNN(BatchNormLSTMCell)": lambda units, steps: keras.layers.RNN(
-        rn.BatchNormLSTMCell(units, max_timesteps=steps)
-    ),
-    "BatchNormLSTM": lambda units, steps: rn.BatchNormLSTM(units, max_timesteps=steps),
-    "hand-written LN cell": lambda units, steps: keras.layers.RNN(HandWrittenLNLSTMCell(units)),
+# Candidate name -> its Keras twin (the baseline its ratio is taken to).
+TWINS = {
+    "keras.layers.LSTM": "keras.layers.LSTM",
+    "LayerNormLSTM": "keras.layers.LSTM",
+    "BatchNormLSTM": "keras.layers.LSTM",
+    "RNN(LayerNormLSTMCell)": "keras.layers.LSTM",
+    "hand-written LN cell": "keras.layers.LSTM",
+    "keras.layers.GRU": "keras.layers.GRU",
+    "LayerNormGRU": "keras.layers.GRU",
+    "BatchNormGRU": "keras.layers.GRU",
 }
-BASELINE = "keras.layers.LSTM"
+# Measured unless --only says otherwise: our four layers (and their twins).
+DEFAULT = ["LayerNormLSTM", "BatchNormLSTM", "LayerNormGRU", "BatchNormGRU"]
+BACKENDS = ["tensorflow", "jax", "torch"]
+
+
+def make_layer(name, units, steps):
+    """A fresh layer of candidate `name` (imports Keras: call after choosing the backend)."""
+    import keras
+
+    import keras_recnorm as rn
+
+    factories = {
+        "keras.layers.LSTM": lambda: keras.layers.LSTM(units),
+        "LayerNormLSTM": lambda: rn.LayerNormLSTM(units),
+        "BatchNormLSTM": lambda: rn.BatchNormLSTM(units, max_timesteps=steps),
+        "RNN(LayerNormLSTMCell)": lambda: keras.layers.RNN(rn.LayerNormLSTMCell(units)),
+        "hand-written LN cell": lambda: keras.layers.RNN(hand_written_ln_lstm_cell(units)),
+        "keras.layers.GRU": lambda: keras.layers.GRU(units),
+        "LayerNormGRU": lambda: rn.LayerNormGRU(units),
+        "BatchNormGRU": lambda: rn.BatchNormGRU(units, max_timesteps=steps),
+    }
+    return factories[name]()
+
+
+def hand_written_ln_lstm_cell(units):
+    """An LN-LSTM cell as commonly written by hand: three LayerNormalization layers."""
+    import keras
+    from keras import ops
+
+    class HandWrittenLNLSTMCell(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.units, self.state_size, self.output_size = units, [units, units], units
+            self.norm_input = keras.layers.LayerNormalization(center=False)
+            self.norm_recurrent = keras.layers.LayerNormalization(center=False)
+            self.norm_cell = keras.layers.LayerNormalization()
+
+        def build(self, input_shape):
+            width = 4 * units
+            self.kernel = self.add_weight(shape=(input_shape[-1], width), name="kernel")
+            self.recurrent_kernel = self.add_weight(
+                shape=(units, width), name="recurrent_kernel", initializer="orthogonal"
+            )
+            self.bias = self.add_weight(shape=(width,), name="bias", initializer="zeros")
+            self.norm_input.build((None, width))
+            self.norm_recurrent.build((None, width))
+            self.norm_cell.build((None, units))
+
+        def call(self, inputs, states):
+            h, c = states
+            z = (
+                self.norm_input(ops.matmul(inputs, self.kernel))
+                + self.norm_recurrent(ops.matmul(h, self.recurrent_kernel))
+                + self.bias
+            )
+            i, f, g, o = ops.split(z, 4, axis=-1)
+            c = ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(g)
+            h = ops.sigmoid(o) * ops.tanh(self.norm_cell(c))
+            return h, [h, c]
+
+    return HandWrittenLNLSTMCell()
 
 
 class Runner:
     """One compiled model; `train()` and `infer()` run and time one step each."""
 
     def __init__(self, name, shape, jit_compile, seed=0):
+        import keras
+        import numpy as np
+
         batch, steps, features, units = shape
         keras.utils.set_random_seed(seed)
-        inputs = keras.Input((steps, features), batch_size=batch)
-        outputs = keras.layers.Dense(1)(CANDIDATES[name](units, steps)(inputs))
+        inputs = keras.Input((steps, features))  # the batch dimension stays dynamic
+        outputs = keras.layers.Dense(1)(make_layer(name, units, steps)(inputs))
         self.model = keras.Model(inputs, outputs)
         self.model.compile(optimizer="adam", loss="mse", jit_compile=jit_compile)
         rng = np.random.default_rng(seed)
-        self.x = tf.constant(rng.normal(size=(batch, steps, features)).astype("float32"))
-        self.y = tf.constant(rng.normal(size=(batch, 1)).astype("float32"))
-        self.model.make_train_function()
-        self.model.make_predict_function()
+        self.x = keras.ops.convert_to_tensor(rng.normal(size=(batch, steps, features)).astype("float32"))
+        self.y = keras.ops.convert_to_tensor(rng.normal(size=(batch, 1)).astype("float32"))
         self.name, self.jit_compile = name, jit_compile
 
     def train(self):
         start = time.perf_counter()
-        self.model.train_on_batch(self.x, self.y)
+        self.model.train_on_batch(self.x, self.y)  # returns the loss as a float: synchronous
         return time.perf_counter() - start
 
     def infer(self):
         start = time.perf_counter()
-        self.model.predict_on_batch(self.x)
+        self.model.predict_on_batch(self.x)  # returns NumPy: synchronous
         return time.perf_counter() - start
 
 
@@ -132,7 +153,8 @@ def best_runner(name, shape, trials, jit_settings):
 
 
 def alternating_ratios(candidate, baseline, method, repeats):
-    """Median over steps of candidate-time / baseline-time, run one after the other."""
+    """Median over steps of candidate-time / baseline-time, run one after the other;
+    and the candidate's median time."""
     ratios, seconds = [], []
     for _ in range(repeats):
         base = getattr(baseline, method)()
@@ -142,53 +164,59 @@ def alternating_ratios(candidate, baseline, method, repeats):
     return statistics.median(ratios), statistics.median(seconds)
 
 
-def matmul_flops(shape, training):
-    """FLOPs of the LSTM matmuls of one step: x·W and h·R at every time step; a training
-    step adds two matmuls of the same size in the backward pass."""
+def matmul_flops(name, shape, training):
+    """FLOPs of the recurrent layer's matmuls in one step: x·W and h·R at every time step
+    (4U wide for an LSTM, 3U for a GRU); training adds two of each in the backward pass."""
     batch, steps, features, units = shape
-    forward = 2 * batch * steps * (features + units) * 4 * units
+    gates = 3 if "GRU" in name else 4
+    forward = 2 * batch * steps * (features + units) * gates * units
     return 3 * forward if training else forward
 
 
 def matmul_rate(shape):
-    """FLOP/s of one plain float32 matmul (B·T, D+U) x (D+U, 4U), compiled."""
+    """FLOP/s of one plain float32 matmul (B·T, D+U) x (D+U, 4U) on this backend."""
+    import keras
+
     batch, steps, features, units = shape
-    a = tf.random.normal((batch * steps, features + units))
-    b = tf.random.normal((features + units, 4 * units))
-    matmul = tf.function(lambda a, b: tf.matmul(a, b), jit_compile=True)
-    matmul(a, b).numpy()
+    a = keras.random.normal((batch * steps, features + units))
+    b = keras.random.normal((features + units, 4 * units))
     times = []
-    for _ in range(20):
+    for _ in range(10):
         start = time.perf_counter()
-        matmul(a, b).numpy()
+        keras.ops.convert_to_numpy(keras.ops.sum(keras.ops.matmul(a, b)))
         times.append(time.perf_counter() - start)
     # The fastest run is the machine's capability; slower ones measure its other load.
-    return 2 * batch * steps * (features + units) * 4 * units / min(times)
+    return 2 * batch * steps * (features + units) * 4 * units / min(times[1:])
 
 
 def benchmark_shape(shape, names, repeats, trials, jit_settings):
     rate = matmul_rate(shape)
-    baseline = best_runner(BASELINE, shape, trials, jit_settings)
+    baselines = {}
     rows = []
     for name in names:
-        candidate = baseline if name == BASELINE else best_runner(name, shape, trials, jit_settings)
-        if candidate is baseline:
+        twin = TWINS[name]
+        if twin not in baselines:
+            baselines[twin] = best_runner(twin, shape, trials, jit_settings)
+        baseline = baselines[twin]
+        if name == twin:
+            candidate = baseline
             train_ratio = infer_ratio = 1.0
             train_s = statistics.median(baseline.train() for _ in range(repeats))
             infer_s = statistics.median(baseline.infer() for _ in range(repeats))
         else:
+            candidate = best_runner(name, shape, trials, jit_settings)
             train_ratio, train_s = alternating_ratios(candidate, baseline, "train", repeats)
             infer_ratio, infer_s = alternating_ratios(candidate, baseline, "infer", repeats)
         rows.append(
             {
                 "name": name,
+                "twin": twin,
                 "jit_compile": candidate.jit_compile,
                 "train_ratio": train_ratio,
                 "infer_ratio": infer_ratio,
                 "train_ms": 1e3 * train_s,
                 "infer_ms": 1e3 * infer_s,
-                "train_roofline": matmul_flops(shape, True) / rate / train_s,
-                "infer_roofline": matmul_flops(shape, False) / rate / infer_s,
+                "train_roofline": matmul_flops(name, shape, True) / rate / train_s,
             }
         )
         print(f"  measured {name}", file=sys.stderr, flush=True)
@@ -197,65 +225,151 @@ def benchmark_shape(shape, names, repeats, trials, jit_settings):
 
 def print_table(shape, rows):
     batch, steps, features, units = shape
-    print(f"\nB={batch} T={steps} D={features} U={units}  (ratio = time / keras.layers.LSTM's)")
-    header = f"{'layer':<24}{'jit':>6}{'train ratio':>13}{'train ms':>10}{'roofline':>10}"
-    header += f"{'infer ratio':>13}{'infer ms':>10}"
+    print(f"\nB={batch} T={steps} D={features} U={units}  (ratio = median of time / twin's time)")
+    header = f"{'layer':<24}{'twin':<19}{'jit':>6}{'train ratio':>13}{'train ms':>10}"
+    header += f"{'roofline':>10}{'infer ratio':>13}{'infer ms':>10}"
     print(header)
     for row in rows:
         print(
-            f"{row['name']:<24}{str(row['jit_compile']):>6}{row['train_ratio']:>13.2f}"
-            f"{row['train_ms']:>10.1f}{row['train_roofline']:>9.0%} "
+            f"{row['name']:<24}{row['twin']:<19}{str(row['jit_compile']):>6}"
+            f"{row['train_ratio']:>13.2f}{row['train_ms']:>10.1f}{row['train_roofline']:>9.0%} "
             f"{row['infer_ratio']:>13.2f}{row['infer_ms']:>10.1f}"
         )
 
 
+def cpu_model():
+    """The CPU's model name (from /proc/cpuinfo on Linux) and whether it has AVX-512."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    names = [line.split(":", 1)[1] for line in info.splitlines() if line.startswith("model name")]
+    model = " ".join(names[0].split()) if names else platform.machine()
+    return model + (", AVX-512" if " avx512f" in info else "")
+
+
+def describe_machine(backend):
+    import keras
+
+    versions = f"Keras {keras.__version__}"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        versions += f", TensorFlow {tf.__version__}"
+        accelerators = [d.name for d in tf.config.list_physical_devices("GPU")]
+    elif backend == "jax":
+        import jax
+
+        versions += f", JAX {jax.__version__}"
+        accelerators = [str(d) for d in jax.devices() if d.platform != "cpu"]
+    else:
+        import torch
+
+        versions += f", torch {torch.__version__}"
+        accelerators = [torch.cuda.get_device_name(0)] if torch.cuda.is_available() else []
+    print(f"backend {backend}: {versions}")
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; accelerators: {', '.join(accelerators) or 'none'}")
+
+
 def parse_shape(text):
-    values = tuple(int(v) for v in text.split(","))
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
     if len(values) != 4 or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected B,T,D,U (four positive integers), got {text!r}")
     return values
 
 
-def main(argv=None):
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def parse_args(argv):
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n\n")[0],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"one shape {QUICK_SHAPE} (B,T,D,U) and fewer repeats: under two minutes",
+        "--backend",
+        choices=BACKENDS,
+        default=os.environ.get("KERAS_BACKEND", "tensorflow"),
+        help="Keras backend to measure on (default: $KERAS_BACKEND, else tensorflow)",
     )
     parser.add_argument(
         "--shape",
         type=parse_shape,
         action="append",
-        help="a shape B,T,D,U to measure instead of the standard ones (repeatable)",
-    )
-    parser.add_argument(
-        "--repeats", type=int, default=None, help="alternating steps per candidate (default 30, quick 10)"
+        metavar="B,T,D,U",
+        help="batch, timesteps, features, units of a shape to measure instead of the three "
+        f"standard ones {STANDARD_SHAPES} (repeatable)",
     )
     parser.add_argument(
         "--only",
         action="append",
-        choices=list(CANDIDATES),
-        help="measure only these candidates (repeatable; the baseline is always timed)",
+        choices=list(TWINS),
+        metavar="LAYER",
+        help=f"measure only this candidate (repeatable; its Keras twin is always timed). "
+        f"Default: {', '.join(DEFAULT)}. Choices: {', '.join(TWINS)}",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=None,
+        help="alternating steps timed per candidate and per mode (default 30; --quick: 2)",
+    )
+    parser.add_argument(
+        "--trials",
+        type=positive_int,
+        default=None,
+        help="training steps per jit_compile setting when choosing the faster one (default 5)",
     )
     parser.add_argument(
         "--jit-compile",
         choices=["best", "on", "off"],
         default="best",
-        help="XLA for every model: 'best' tries both and keeps the faster per candidate "
-        "(default); 'on'/'off' fix it (faster to run)",
+        help="XLA for every model: 'best' (default) tries both on TensorFlow and keeps the "
+        "faster per model, and means 'on' on JAX and 'off' on torch; 'on'/'off' force it",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: shape {QUICK_SHAPE}, 2 repeats, no XLA on TensorFlow, every "
+        "candidate; checks the script and the layers run; its ratios mean nothing",
     )
     args = parser.parse_args(argv)
-    jit_settings = {"best": (True, False), "on": (True,), "off": (False,)}[args.jit_compile]
-    shapes = args.shape or ([QUICK_SHAPE] if args.quick else STANDARD_SHAPES)
-    repeats = args.repeats or (10 if args.quick else 30)
-    trials = 3 if args.quick else 5
-    names = [BASELINE] + [n for n in CANDIDATES if n != BASELINE and (not args.only or n in args.only)]
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores")
-    for shape in shapes:
-        print_table(shape, benchmark_shape(shape, names, repeats, trials, jit_settings))
+    if args.quick:
+        args.shape = args.shape or [QUICK_SHAPE]
+        args.repeats = args.repeats or 2
+        args.trials = args.trials or 1
+        args.only = args.only or [n for n in TWINS if TWINS[n] != n]
+        if args.jit_compile == "best" and args.backend == "tensorflow":
+            args.jit_compile = "off"
+    args.shape = args.shape or STANDARD_SHAPES
+    args.repeats = args.repeats or 30
+    args.trials = args.trials or 5
+    args.only = args.only or DEFAULT
+    best = {"tensorflow": (True, False), "jax": (True,), "torch": (False,)}[args.backend]
+    args.jit_settings = {"best": best, "on": (True,), "off": (False,)}[args.jit_compile]
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.environ["KERAS_BACKEND"] = args.backend  # before Keras is first imported
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    describe_machine(args.backend)
+    # Each twin first, then the candidates compared to it.
+    names = []
+    for name in args.only:
+        names += [n for n in (TWINS[name], name) if n not in names]
+    for shape in args.shape:
+        print_table(shape, benchmark_shape(shape, names, args.repeats, args.trials, args.jit_settings))
 
 
 if __name__ == "__main__":

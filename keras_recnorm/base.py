@@ -15,6 +15,8 @@ from keras.layers import Layer
 
 from keras_recnorm.compat import DropoutRNNCell, rnn
 
+from keras_recnorm.recurrence import forward_recurrence, recurrence
+
 
 def _is_number(value, kind):
     """A Python or NumPy number of `kind` (`numbers.Integral`, `numbers.Real`), not a bool."""
@@ -299,11 +301,30 @@ class GatedCell(NormalizedCell):
         """The GRU update (`reset_after` form) from the normalized, biased input term and
         the normalized recurrent term, each laid out (z, r | candidate):
         `h̃ = tanh(x_h + r·h_h)`, `h' = z·h + (1 − z)·h̃`."""
+        return self.gru_gates(input_term, recurrent_term, h)[0]
+
+    def gru_gates(self, input_term, recurrent_term, h):
+        """`gru_update`, returning `(h', gates, h̃)` with `gates = [σ(z), σ(r)]`."""
         units2 = 2 * self.units
         gates = self.recurrent_activation(input_term[..., :units2] + recurrent_term[..., :units2])
         z, r = ops.split(gates, 2, axis=-1)
         candidate = self.activation(input_term[..., units2:] + r * recurrent_term[..., units2:])
-        return z * h + (1.0 - z) * candidate
+        return z * h + (1.0 - z) * candidate, gates, candidate
+
+
+def gru_gates_backward(dh_new, gates, candidate, recurrent_candidate, h):
+    """Backward of `gru_gates` (sigmoid and tanh), `recurrent_candidate` being the
+    candidate's recurrent term `h_h`: `(d_input_term, d_recurrent_term, dh)`, the last the
+    gradient of `h` through `z·h` only."""
+    z, r = ops.split(gates, 2, axis=-1)
+    d_candidate = dh_new * (1.0 - z) * (1.0 - ops.square(candidate))
+    d_gates = ops.concatenate(
+        [dh_new * (h - candidate) * z * (1.0 - z), d_candidate * recurrent_candidate * r * (1.0 - r)],
+        axis=-1,
+    )
+    d_input = ops.concatenate([d_gates, d_candidate], axis=-1)
+    d_recurrent = ops.concatenate([d_gates, d_candidate * r], axis=-1)
+    return d_input, d_recurrent, dh_new * z
 
 
 def lstm_output_backward(dh, gates, cell_output):
@@ -352,7 +373,7 @@ class NormalizedRNN(keras.layers.RNN):
     in one call; the config is the cell's config plus the RNN's. Subclasses override
     `inner_loop`, where the input term is computed for all time steps at once before the
     recurrence (`cell.input_projection` on the whole sequence) and only the cell's step
-    function runs inside the loop (`fused_lstm_loop`: with its hand-written derivative).
+    function runs inside the loop (`fused_loop`: with its hand-written derivative).
     """
 
     cell_class = None
@@ -434,44 +455,53 @@ class NormalizedRNN(keras.layers.RNN):
         )
 
     def uses_fused_loop(self):
-        """Whether `fused_lstm_loop` can run this layer: TensorFlow, a cell with a step
-        derivative and its default activations, single or double precision."""
+        """Whether `fused_loop` can run this layer: TensorFlow or JAX, a cell with a
+        step derivative and its default activations, single or double precision."""
         cell = self.cell
         return (
-            keras.backend.backend() == "tensorflow"
+            keras.backend.backend() in ("tensorflow", "jax")
             and not self.unroll
             and hasattr(cell, "step_backward")
             and cell.supports_fused_loop()
             and cell.compute_dtype in ("float32", "float64")
         )
 
-    def fused_lstm_loop(self, inputs, initial_state, mask, training):
+    def fused_loop(self, inputs, states, mask, training):
         """The recurrence over the step inputs `(B, T, F)` (what `cell.input_projection`
-        gives) with the cell's hand-written step derivative (`keras_recnorm.recurrence`).
-        Returns `(hs, c_last, statistics)`:
-        the `h` state after every step `(B, T, U)` (a padded step keeps it), the final
-        `c`, and the cell's per-step statistics, time-major."""
-        from keras_recnorm.recurrence import lstm_recurrence  # imports TensorFlow
-
+        gives) with the cell's hand-written step derivative (`keras_recnorm.recurrence`),
+        from the state tuple `states` (`h` first; the LSTM: `(h, c)`, the GRU: `(h,)`).
+        Returns `(hs, last_states, statistics)`: the `h` state after every step
+        `(B, T, U)` (a padded step keeps the states), the state tuple after the last
+        step, and the cell's per-step statistics, time-major."""
         cell = self.cell
-        h0, c0 = initial_state[0], initial_state[1]
-        recurrent_mask = cell.get_recurrent_dropout_mask(h0) if training else None
+        recurrent_mask = cell.get_recurrent_dropout_mask(states[0]) if training else None
         step_mask = None
         if mask is not None:
             step_mask = ops.expand_dims(ops.transpose(ops.cast(mask, inputs.dtype)), -1)
         # Tensors, not variables: tf.custom_gradient must not see a variable read inside.
         weights = [ops.copy(w) for w in cell.step_weights()]
-        hs, c_last, statistics = lstm_recurrence(
+        hs, last_states, statistics = recurrence(
             cell.step_forward,
             cell.step_backward,
             ops.transpose(inputs, (1, 0, 2)),
             step_mask,
-            h0,
-            c0,
+            tuple(states),
             recurrent_mask,
             weights,
         )
-        return ops.transpose(hs, (1, 0, 2)), c_last, statistics
+        return ops.transpose(hs, (1, 0, 2)), last_states, statistics
+
+    def forward_loop(self, inputs, states, mask):
+        """`fused_loop` forward only (inference): no residuals kept, no statistics.
+        Returns `(hs, last_states)`."""
+        step_mask = None
+        if mask is not None:
+            step_mask = ops.expand_dims(ops.transpose(ops.cast(mask, inputs.dtype)), -1)
+        weights = [ops.copy(w) for w in self.cell.step_weights()]
+        hs, last_states = forward_recurrence(
+            self.cell.step_forward, ops.transpose(inputs, (1, 0, 2)), step_mask, tuple(states), weights
+        )
+        return ops.transpose(hs, (1, 0, 2)), last_states
 
     @staticmethod
     def zero_padding(sequences, mask):

@@ -18,6 +18,7 @@ from keras_recnorm.base import (
     check_numeric_inputs,
     check_positive_int,
     check_unit_interval,
+    gru_gates_backward,
     lstm_gates_backward,
     lstm_output_backward,
 )
@@ -390,8 +391,8 @@ class BatchNormLSTMCell(BatchNormCell):
         training, the batch statistics used: `{term: (mean, variance)}`."""
         h, c, steps = states[0], states[1], states[2]
         population = self.step_population(step_slots(steps[:, 0], self.max_timesteps), training)
-        h_new, c_new, _, statistics = self.step_forward(
-            self.step_weights(), projected, self.dropped_state(h, training), c, mask, population
+        (h_new, c_new), _, statistics = self.step_forward(
+            self.step_weights(), projected, self.dropped_state(h, training), (h, c), mask, population
         )
         moments = {}
         if population is None:
@@ -402,17 +403,18 @@ class BatchNormLSTMCell(BatchNormCell):
         """The weights `step_forward` uses, in its order."""
         return (self.recurrent_kernel, self.recurrent_gamma, self.cell_gamma, self.cell_beta)
 
-    def step_forward(self, weights, projected, h, c, mask=None, population=None):
+    def step_forward(self, weights, projected, h, states, mask=None, population=None):
         """One step from the projected input `BN_t(x·kernel) + bias` and the
         (dropped-out) state `h`: the recurrent term, the gates and the normalized cell.
         The one step function of this cell, used by the cell and by `BatchNormLSTM`'s
         loop. Batch statistics over the samples whose `mask (B, 1)` is 1, or
         `population` statistics (see `step_population`).
 
-        Returns `(h', c', residuals, statistics)`: what `step_backward` needs, and the
+        Returns `((h', c'), residuals, statistics)`: what `step_backward` needs, and the
         mean and variance of the recurrent term and of the cell state.
         """
         recurrent_kernel, recurrent_gamma, cell_gamma, cell_beta = weights
+        c = states[1]
         recurrent_population, cell_population = population or (None, None)
         recurrent_hat, recurrent_rstd, recurrent_mean, recurrent_variance = self.standardize(
             ops.matmul(h, recurrent_kernel), mask, recurrent_population
@@ -422,13 +424,14 @@ class BatchNormLSTMCell(BatchNormCell):
         cell_hat, cell_rstd, cell_mean, cell_variance = self.standardize(c_new, mask, cell_population)
         h_new, cell_output = self.lstm_output(gates, cell_gamma * cell_hat + cell_beta)
         residuals = (recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd, cell_output)
-        return h_new, c_new, residuals, (recurrent_mean, recurrent_variance, cell_mean, cell_variance)
+        return (h_new, c_new), residuals, (recurrent_mean, recurrent_variance, cell_mean, cell_variance)
 
-    def step_backward(self, weights, residuals, h, c, mask, dh_new, dc_new):
+    def step_backward(self, weights, residuals, h, states, mask, d_new_states):
         """The derivative of `step_forward` with batch statistics (sigmoid gates, tanh):
         from the gradients of `h'` and `c'`, those of the projected input, `h`, `c` and
         the weights. The statistics depend on every counted sample: so does the gradient."""
         recurrent_kernel, recurrent_gamma, cell_gamma, _ = weights
+        (dh_new, dc_new), c = d_new_states, states[1]
         recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd, cell_output = residuals
         counted = ops.ones_like(h[:, :1]) if mask is None else mask
         d_o, d_normalized_cell = lstm_output_backward(dh_new, gates, cell_output)
@@ -446,7 +449,7 @@ class BatchNormLSTMCell(BatchNormCell):
             ops.sum(d_normalized_cell, axis=0),
         )
         dh = ops.matmul(d_recurrent, ops.transpose(recurrent_kernel))
-        return dz, dh, dc_prev, d_weights
+        return dz, dh, (None, dc_prev), d_weights
 
     def get_config(self):
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
@@ -505,14 +508,53 @@ class BatchNormGRUCell(BatchNormCell):
         training, the batch statistics used: `{term: (mean, variance)}`."""
         h, steps = states[0], states[1]
         population = self.step_population(step_slots(steps[:, 0], self.max_timesteps), training)
-        recurrent_hat, _, mean, variance = self.standardize(
-            ops.matmul(self.dropped_state(h, training), self.recurrent_kernel),
-            mask,
-            None if population is None else population[0],
+        (h_new,), _, statistics = self.step_forward(
+            self.step_weights(), projected, self.dropped_state(h, training), (h,), mask, population
         )
-        h_new = self.gru_update(projected, self.recurrent_gamma * recurrent_hat, h)
-        moments = {"recurrent": (mean, variance)} if population is None else {}
+        moments = {"recurrent": statistics} if population is None else {}
         return h_new, [h_new, steps + 1], moments
+
+    def step_weights(self):
+        """The weights `step_forward` uses, in its order."""
+        return (self.recurrent_kernel, self.recurrent_gamma)
+
+    def step_forward(self, weights, projected, h_in, states, mask=None, population=None):
+        """One step from the projected input `BN_t(x·kernel) + bias`, the (dropped-out)
+        state `h_in` and the states `(h,)` before dropout: the recurrent term and the
+        update. The one step function of this cell, used by the cell and by
+        `BatchNormGRU`'s loop. Batch statistics over the samples whose `mask (B, 1)` is 1,
+        or `population` statistics (see `step_population`).
+
+        Returns `((h',), residuals, statistics)`: what `step_backward` needs, and the
+        mean and variance of the recurrent term.
+        """
+        recurrent_kernel, recurrent_gamma = weights
+        recurrent_hat, recurrent_rstd, mean, variance = self.standardize(
+            ops.matmul(h_in, recurrent_kernel), mask, None if population is None else population[0]
+        )
+        h_new, gates, candidate = self.gru_gates(projected, recurrent_gamma * recurrent_hat, states[0])
+        return (h_new,), (recurrent_hat, recurrent_rstd, gates, candidate), (mean, variance)
+
+    def step_backward(self, weights, residuals, h_in, states, mask, d_new_states):
+        """The derivative of `step_forward` with batch statistics (sigmoid gates, tanh):
+        from the gradient of `h'`, those of the projected input, `h_in`, `h` (through the
+        update gate) and the weights."""
+        recurrent_kernel, recurrent_gamma = weights
+        recurrent_hat, recurrent_rstd, gates, candidate = residuals
+        units2 = 2 * self.units
+        d_projected, d_recurrent_term, dh = gru_gates_backward(
+            d_new_states[0], gates, candidate,
+            recurrent_gamma[units2:] * recurrent_hat[..., units2:], states[0],
+        )
+        counted = ops.ones_like(h_in[:, :1]) if mask is None else mask
+        d_recurrent = batch_standardize_backward(
+            d_recurrent_term * recurrent_gamma, recurrent_hat, recurrent_rstd, counted
+        )
+        d_weights = (
+            ops.matmul(ops.transpose(h_in), d_recurrent),
+            ops.sum(d_recurrent_term * recurrent_hat, axis=0),
+        )
+        return d_projected, ops.matmul(d_recurrent, ops.transpose(recurrent_kernel)), (dh,), d_weights
 
     def get_config(self):
         return {**super().get_config(), "reset_after": self.reset_after}
@@ -613,8 +655,8 @@ class _BatchNormSequence(NormalizedRNN):
         input_slots = step_slots(first_step[:, None] + timesteps[None, :], cell.max_timesteps)
         projected, input_moments = cell.input_projection(sequences, input_slots, sample_mask, training)
         if self.uses_fused_loop():
-            hs, c_last, statistics = self.fused_lstm_loop(projected, initial_state, mask, training)
-            states = [hs[:, -1], c_last]
+            hs, last_states, statistics = self.fused_loop(projected, initial_state[:-1], mask, training)
+            states = list(last_states)
         else:
             hs, states, statistics = self._generic_loop(projected, initial_state, sample_mask, training)
         real_steps = ops.cast(ops.shape(hs)[1], "float32")
@@ -637,7 +679,7 @@ class _BatchNormSequence(NormalizedRNN):
 
     def _generic_loop(self, projected, initial_state, sample_mask, training):
         """The recurrence over `cell.step` in training, for what the fused loop doesn't run
-        (another backend, the GRU, other activations or dtypes, `unroll`), as a
+        (torch, other activations or dtypes, `unroll`), as a
         `keras.ops.scan` whose carry holds the states and the step's statistics (the
         TensorFlow scan returns values shaped as its carry). Real steps come first: a
         padded step keeps the state. Returns `(hs (B, T, U), final states without the
@@ -719,8 +761,9 @@ _BN_LAYER_DOC = """
     - **one update per batch**: population statistics move once per batch, after the
       loop, on every backend (JAX included) and with no double move of slot 0;
     - **speed** in training: `x·kernel` and its normalization are computed for all
-      steps before the loop, and (LSTM on TensorFlow, default activations) the loop runs
-      the cell's step with its hand-written derivative (`keras_recnorm.recurrence`).
+      steps before the loop, and (TensorFlow or JAX, default activations, float32 or
+      float64) the loop runs the cell's step with its hand-written derivative
+      (`keras_recnorm.recurrence`).
       At inference it runs as `RNN({cell})`.
 
     Steps are counted per sample, over its real steps only: the statistics of slot t come

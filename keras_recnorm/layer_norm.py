@@ -19,6 +19,7 @@ from keras_recnorm.base import (
     GatedCell,
     NormalizedCell,
     NormalizedRNN,
+    gru_gates_backward,
     lstm_gates_backward,
     lstm_output_backward,
 )
@@ -99,8 +100,8 @@ class LayerNormLSTMCell(GatedCell):
 
     def step(self, inputs, states, training=False):
         h, c = states[0], states[1]
-        h_new, c_new, _, _ = self.step_forward(
-            self.step_weights(), inputs, self.dropped_state(h, training), c
+        (h_new, c_new), _, _ = self.step_forward(
+            self.step_weights(), inputs, self.dropped_state(h, training), (h, c)
         )
         return h_new, [h_new, c_new]
 
@@ -116,11 +117,13 @@ class LayerNormLSTMCell(GatedCell):
         )
         return weights + (self.bias,) if self.use_bias else weights
 
-    def step_forward(self, weights, x, h, c, mask=None):
-        """One step from the (dropped-out) input `x` and state `h`: the equations of
-        DESIGN.md. The one step function of this cell, used by the cell and by
-        `LayerNormLSTM`'s loop; returns `(h', c', residuals, ())`, the residuals being
-        what `step_backward` needs."""
+    def step_forward(self, weights, x, h, states, mask=None):
+        """One step from the (dropped-out) input `x` and state `h`, and the states
+        `(h, c)` before dropout: the equations of DESIGN.md. The one step function of this
+        cell, used by the cell and by `LayerNormLSTM`'s loop (`keras_recnorm.recurrence`);
+        returns `((h', c'), residuals, ())`, the residuals being what `step_backward`
+        needs."""
+        c = states[1]
         kernel, input_gamma, recurrent_kernel, recurrent_gamma, cell_gamma, cell_beta = weights[:6]
         input_hat, input_rstd = layer_standardize(ops.matmul(x, kernel), self.epsilon)
         recurrent_hat, recurrent_rstd = layer_standardize(
@@ -136,12 +139,14 @@ class LayerNormLSTMCell(GatedCell):
             x, input_hat, input_rstd, recurrent_hat, recurrent_rstd, gates, cell_hat,
             cell_rstd, cell_output,
         )
-        return h_new, c_new, residuals, ()
+        return (h_new, c_new), residuals, ()
 
-    def step_backward(self, weights, residuals, h, c, mask, dh_new, dc_new):
+    def step_backward(self, weights, residuals, h, states, mask, d_new_states):
         """The derivative of `step_forward` (sigmoid gates, tanh): from the gradients of
-        `h'` and `c'`, those of `x`, `h`, `c` and the weights. Each LN's derivative is
-        `layer_standardize_backward`'s (0 for a degenerate vector), as under autodiff."""
+        `h'` and `c'`, those of `x`, the dropped-out `h`, `c` and the weights. Each LN's
+        derivative is `layer_standardize_backward`'s (0 for a degenerate vector), as under
+        autodiff."""
+        (dh_new, dc_new), c = d_new_states, states[1]
         kernel, input_gamma, recurrent_kernel, recurrent_gamma, cell_gamma, _ = weights[:6]
         (x, input_hat, input_rstd, recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd,
          cell_output) = residuals
@@ -162,7 +167,7 @@ class LayerNormLSTMCell(GatedCell):
             d_weights += (ops.sum(dz, axis=0),)
         dx = ops.matmul(d_input, ops.transpose(kernel))
         dh = ops.matmul(d_recurrent, ops.transpose(recurrent_kernel))
-        return dx, dh, dc_prev, d_weights
+        return dx, dh, (None, dc_prev), d_weights
 
     def get_config(self):
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
@@ -213,32 +218,105 @@ class LayerNormGRUCell(GatedCell):
         self.input_candidate_gamma = self.add_gamma("input_candidate_gamma", self.units)
         self.recurrent_candidate_gamma = self.add_gamma("recurrent_candidate_gamma", self.units)
 
-    def _normalize_blocks(self, projection, gate_gamma, candidate_gamma):
-        """LN of the (z, r) block and of the candidate block, separately."""
-        units2 = 2 * self.units
-        return ops.concatenate(
-            [
-                layer_norm(projection[..., :units2], gate_gamma, epsilon=self.epsilon),
-                layer_norm(projection[..., units2:], candidate_gamma, epsilon=self.epsilon),
-            ],
-            axis=-1,
-        )
-
     def input_projection(self, inputs):
-        projected = self._normalize_blocks(
-            ops.matmul(inputs, self.kernel), self.input_gate_gamma, self.input_candidate_gamma
-        )
-        return projected + self.bias if self.use_bias else projected
+        """Nothing: the step projects and normalizes its own input, as the LN-LSTM's does.
+        Hoisted before the loop, the `(B, T, 3U)` normalization measured slower under XLA
+        than the whole loop (docs/throughput.md)."""
+        return inputs
 
-    def step(self, projected, states, training=False):
+    def step(self, inputs, states, training=False):
         h = states[0] if isinstance(states, (list, tuple)) else states
-        recurrent = self._normalize_blocks(
-            ops.matmul(self.dropped_state(h, training), self.recurrent_kernel),
+        (h_new,), _, _ = self.step_forward(
+            self.step_weights(), inputs, self.dropped_state(h, training), (h,)
+        )
+        return h_new, [h_new]
+
+    def step_weights(self):
+        """The weights `step_forward` uses, in its order (`bias` last, if any)."""
+        weights = (
+            self.kernel,
+            self.input_gate_gamma,
+            self.input_candidate_gamma,
+            self.recurrent_kernel,
             self.recurrent_gate_gamma,
             self.recurrent_candidate_gamma,
         )
-        h_new = self.gru_update(projected, recurrent, h)
-        return h_new, [h_new]
+        return weights + (self.bias,) if self.use_bias else weights
+
+    def _standardize_blocks(self, projection):
+        """LN statistics of the (z, r) block and of the candidate block, separately:
+        `(gate_hat, gate_rstd, candidate_hat, candidate_rstd)`."""
+        units2 = 2 * self.units
+        return layer_standardize(projection[..., :units2], self.epsilon) + layer_standardize(
+            projection[..., units2:], self.epsilon
+        )
+
+    @staticmethod
+    def _blocks_backward(d, standardized, gate_gamma, candidate_gamma):
+        """Backward of `gains · _standardize_blocks(p)`: from the gradient of the normalized
+        term, `(d_p, d_gate_gamma, d_candidate_gamma)`."""
+        gate_hat, gate_rstd, candidate_hat, candidate_rstd = standardized
+        units2 = ops.shape(gate_hat)[-1]
+        d_gate, d_candidate = d[..., :units2], d[..., units2:]
+        d_projection = ops.concatenate(
+            [
+                layer_standardize_backward(d_gate * gate_gamma, gate_hat, gate_rstd),
+                layer_standardize_backward(d_candidate * candidate_gamma, candidate_hat, candidate_rstd),
+            ],
+            axis=-1,
+        )
+        return (
+            d_projection,
+            ops.sum(d_gate * gate_hat, axis=0),
+            ops.sum(d_candidate * candidate_hat, axis=0),
+        )
+
+    def step_forward(self, weights, x, h_in, states, mask=None):
+        """One step from the (dropped-out) input `x` and state `h_in`, and the states
+        `(h,)` before dropout: the equations above. The one step function of this cell,
+        used by the cell and by `LayerNormGRU`'s loop (`keras_recnorm.recurrence`);
+        returns `((h',), residuals, ())`, the residuals being what `step_backward` needs."""
+        kernel, input_gate_gamma, input_candidate_gamma = weights[:3]
+        recurrent_kernel, recurrent_gate_gamma, recurrent_candidate_gamma = weights[3:6]
+        x_std = self._standardize_blocks(ops.matmul(x, kernel))
+        h_std = self._standardize_blocks(ops.matmul(h_in, recurrent_kernel))
+        input_term = ops.concatenate([input_gate_gamma * x_std[0], input_candidate_gamma * x_std[2]], -1)
+        if self.use_bias:
+            input_term = input_term + weights[6]
+        recurrent_term = ops.concatenate(
+            [recurrent_gate_gamma * h_std[0], recurrent_candidate_gamma * h_std[2]], -1
+        )
+        h_new, gates, candidate = self.gru_gates(input_term, recurrent_term, states[0])
+        return (h_new,), (x, *x_std, *h_std, gates, candidate), ()
+
+    def step_backward(self, weights, residuals, h_in, states, mask, d_new_states):
+        """The derivative of `step_forward` (sigmoid gates, tanh): from the gradient of
+        `h'`, those of `x`, `h_in`, `h` (through the update gate) and the weights."""
+        kernel, input_gate_gamma, input_candidate_gamma = weights[:3]
+        recurrent_kernel, recurrent_gate_gamma, recurrent_candidate_gamma = weights[3:6]
+        x, x_std, h_std, (gates, candidate) = residuals[0], residuals[1:5], residuals[5:9], residuals[9:]
+        d_input_term, d_recurrent_term, dh = gru_gates_backward(
+            d_new_states[0], gates, candidate, recurrent_candidate_gamma * h_std[2], states[0]
+        )
+        d_x_projection, d_input_gate_gamma, d_input_candidate_gamma = self._blocks_backward(
+            d_input_term, x_std, input_gate_gamma, input_candidate_gamma
+        )
+        d_h_projection, d_recurrent_gate_gamma, d_recurrent_candidate_gamma = self._blocks_backward(
+            d_recurrent_term, h_std, recurrent_gate_gamma, recurrent_candidate_gamma
+        )
+        d_weights = (
+            ops.matmul(ops.transpose(x), d_x_projection),
+            d_input_gate_gamma,
+            d_input_candidate_gamma,
+            ops.matmul(ops.transpose(h_in), d_h_projection),
+            d_recurrent_gate_gamma,
+            d_recurrent_candidate_gamma,
+        )
+        if self.use_bias:
+            d_weights += (ops.sum(d_input_term, axis=0),)
+        dx = ops.matmul(d_x_projection, ops.transpose(kernel))
+        dh_in = ops.matmul(d_h_projection, ops.transpose(recurrent_kernel))
+        return dx, dh_in, (dh,), d_weights
 
     def get_config(self):
         return {**super().get_config(), "reset_after": self.reset_after}
@@ -288,13 +366,14 @@ class LayerNormSimpleRNNCell(NormalizedCell):
 
 
 class _LayerNormSequence(NormalizedRNN):
-    """The LN whole-sequence layers. Training on TensorFlow (LSTM): the loop with the
-    hand-written derivative. Otherwise Keras's loop over the cell: fed a hoisted
-    `(B, T, 4U)` input term instead of projecting each step, it measured slower
-    (README, "Throughput")."""
+    """The LN whole-sequence layers. On TensorFlow and JAX, training runs the loop with
+    the cell's hand-written step derivative, inference a forward-only loop over the same
+    step function (no residuals kept). Otherwise (other activations, half precision,
+    `unroll`, torch) Keras's loop over the cell. The step projects its own input: hoisted,
+    the `(B, T, 4U)` input term measured slower (docs/throughput.md)."""
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
-        if not (training and self.uses_fused_loop()):
+        if not self.uses_fused_loop():
             return super().inner_loop(sequences, initial_state, mask, training=training)
         if mask is not None:
             sequences = self.zero_padding(sequences, mask)
@@ -302,19 +381,23 @@ class _LayerNormSequence(NormalizedRNN):
         if self.go_backwards:
             projected = ops.flip(projected, axis=1)
             mask = None if mask is None else ops.flip(mask, axis=1)
-        hs, c_last, _ = self.fused_lstm_loop(projected, initial_state, mask, training)
+        if training:
+            hs, last_states, _ = self.fused_loop(projected, initial_state, mask, training)
+        else:
+            hs, last_states = self.forward_loop(projected, initial_state, mask)
         last_output, outputs = self.outputs_from_states(hs, mask)
-        return last_output, outputs, [hs[:, -1], c_last]
+        return last_output, outputs, list(last_states)
 
 
 _LAYER_DOC = """
     A `keras.layers.RNN` over a `{cell}` that it owns, constructed like
     `keras.layers.{keras_layer}`: every argument of `{cell}`, plus `return_sequences`,
     `return_state`, `go_backwards`, `stateful`, `unroll` and `zero_output_for_mask`.
-    Same weights (same names) and outputs as `keras.layers.RNN({cell}(...))`. Faster to
-    train on TensorFlow (the LSTM, with its default activations): the loop runs the
-    cell's step with its hand-written derivative (`keras_recnorm.recurrence`) instead of
-    differentiating the loop. Elsewhere it runs as `RNN({cell})`.
+    Same weights (same names) and outputs as `keras.layers.RNN({cell}(...))`. Faster on
+    TensorFlow and JAX (with the default activations, float32 or float64): the loop runs
+    the cell's step with its hand-written derivative (`keras_recnorm.recurrence`) instead
+    of differentiating the loop, and inference runs it forward only. Elsewhere it runs as
+    `RNN({cell})`.
 
     Call arguments:
         sequences: a 3D tensor `(batch, timesteps, features)`.

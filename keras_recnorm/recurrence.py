@@ -1,112 +1,241 @@
-"""The LSTM recurrence of the whole-sequence layers, with a hand-written gradient
-(TensorFlow backend).
+"""The recurrence of the whole-sequence layers, with a hand-written gradient: one driver
+for any cell's state tuple (LSTM: `(h, c)`, GRU: `(h,)`), on TensorFlow (`tf.while_loop`
+with `tf.custom_gradient`) and on JAX (`lax.scan` with `jax.custom_vjp`).
 
 Why: differentiating a `tf.while_loop` automatically keeps every intermediate of every
 step in its own stack and runs several small ops backward per forward op; on a CPU those
 op overheads, not the matmuls, were most of a normalized LSTM's training step. Here the
 forward loop saves only what the backward step needs, and the backward loop is a second
-`tf.while_loop` that accumulates the recurrent weights' gradients as loop carries.
+`tf.while_loop` that accumulates the recurrent weights' gradients as loop carries. On
+JAX the same step functions (written in `keras.ops`) run in two `lax.scan`s.
 
 A cell supplies the pair of step functions (its `step_forward` and `step_backward`); this
-module owns the loops, the masking (a padded step keeps the state) and the recurrent
-dropout mask, which are the same for every cell.
+module owns the loops, the masking (a padded step keeps every state) and the recurrent
+dropout mask (applied to `h`, the first state), which are the same for every cell:
+
+- `forward(weights, input_t, h_in, states, mask_t) -> (new_states, residuals,
+  statistics)`: `states` the state tuple before the step (`h` first), `h_in` its `h`
+  with recurrent dropout applied, `mask_t (B, 1)` or `None`; `residuals` a tuple of
+  tensors the backward step needs, `statistics` a (possibly empty) tuple of per-step
+  values returned without gradient.
+- `backward(weights, residuals, h_in, states, mask_t, d_new_states) -> (d_input_t, d_h_in,
+  d_states, d_weights)`: the derivative of `forward`; `d_states` holds, per state, its
+  gradient other than through `h_in` (`None` where there is none, as for the LSTM's `h`).
 """
 
-import tensorflow as tf
+import keras
 
 
-def lstm_recurrence(forward, backward, inputs, mask, h0, c0, recurrent_mask, weights):
-    """Runs an LSTM-like recurrence over time-major inputs, differentiable.
+def recurrence(forward, backward, inputs, mask, initial_states, recurrent_mask, weights):
+    """Runs a recurrence over time-major inputs, differentiable, on the Keras backend
+    (TensorFlow or JAX).
 
     Args:
-        forward: `forward(weights, input_t, h_in, c, mask_t) -> (h_new, c_new,
-            residuals, statistics)`; `h_in` is `h` with recurrent dropout applied,
-            `residuals` a tuple of tensors the backward step needs, `statistics` a
-            (possibly empty) tuple of per-step values returned without gradient.
-        backward: `backward(weights, residuals, h_in, c, mask_t, dh_new, dc_new) ->
-            (d_input_t, d_h_in, d_c, d_weights)`, the derivative of `forward`.
-        inputs: `(T, B, F)`, every step's input as `forward` takes it (the LN-LSTM:
-            `x`; the BN-LSTM: its normalized `x·kernel` plus bias).
-        mask: `(T, B, 1)` 0/1 in the compute dtype (0: padding, the state is kept), or
+        forward, backward: the cell's step functions (see the module's docstring).
+        inputs: `(T, B, F)`, every step's input as `forward` takes it (the LN-LSTM: `x`;
+            the LN-GRU and the BN layers: their normalized input term plus bias).
+        mask: `(T, B, 1)` 0/1 in the compute dtype (0: padding, the states are kept), or
             `None`.
-        h0, c0: the initial state, `(B, U)` each.
-        recurrent_mask: `(B, U)` recurrent dropout mask, or `None`.
+        initial_states: the state tuple before the first step, `h (B, U)` first.
+        recurrent_mask: `(B, U)` recurrent dropout mask applied to `h`, or `None`.
         weights: tuple of tensors the step functions use (gradients flow to them).
 
     Returns:
-        `(hs, c_last, statistics)`: `hs (T, B, U)` the `h` state after every step,
-        `c_last` the final `c`, and every statistic stacked over the steps `(T, ...)`.
+        `(hs, last_states, statistics)`: `hs (T, B, U)` the `h` state after every step,
+        the state tuple after the last step, and every statistic stacked over the
+        steps `(T, ...)` (without gradient).
     """
-    weights = tuple(weights)
+    driver = _jax_recurrence if keras.backend.backend() == "jax" else _tf_recurrence
+    steps = _Steps(forward, backward, len(initial_states))
+    hs, tail, statistics = driver(
+        steps, inputs, mask, tuple(initial_states), recurrent_mask, tuple(weights)
+    )
+    statistics = tuple(keras.ops.stop_gradient(s) for s in statistics)
+    return hs, (hs[-1],) + tuple(tail), statistics
+
+
+def forward_recurrence(forward, inputs, mask, initial_states, weights):
+    """`recurrence` forward only, for inference: no residuals saved, no statistics, no
+    custom gradient (the backend can still differentiate the loop). Returns
+    `(hs, last_states)`."""
+    steps = _Steps(forward, None, len(initial_states))
+    initial_states, weights = tuple(initial_states), tuple(weights)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        def body(states, xs):
+            x, m = xs
+            new = steps.advance(weights, x, states, m, None)[0]
+            return new, new[0]
+
+        last_states, hs = jax.lax.scan(body, initial_states, (inputs, mask))
+        return hs, last_states
+    import tensorflow as tf
+
+    h0 = initial_states[0]
+    hs = tf.TensorArray(h0.dtype, size=tf.shape(inputs)[0], element_shape=h0.shape)
+
+    def body(t, states, hs):
+        m = None if mask is None else mask[t]
+        new = steps.advance(weights, inputs[t], states, m, None)[0]
+        return t + 1, new, hs.write(t, new[0])
+
+    _, last_states, hs = tf.while_loop(
+        lambda t, *_: t < tf.shape(inputs)[0], body, (tf.constant(0), initial_states, hs)
+    )
+    return hs.stack(), last_states
+
+
+def keep_padded(m, new, old):
+    """A padded step (`m` 0) keeps the old state."""
+    return new if m is None else m * new + (1.0 - m) * old
+
+
+class _Steps:
+    """One step forward and one step backward with the masking and the recurrent dropout
+    applied: what both drivers run in their loops."""
+
+    def __init__(self, forward, backward, n_states):
+        self.forward, self.backward, self.n_states = forward, backward, n_states
+
+    @staticmethod
+    def dropped(h, recurrent_mask):
+        return h if recurrent_mask is None else h * recurrent_mask
+
+    def advance(self, weights, x, states, m, recurrent_mask):
+        """The new states, what the backward step reads (the states, then the
+        residuals) and what the loop returns (`h'`, then the statistics)."""
+        h_in = self.dropped(states[0], recurrent_mask)
+        new, residuals, statistics = self.forward(weights, x, h_in, states, m)
+        new = tuple(keep_padded(m, a, b) for a, b in zip(new, states))
+        return new, (states, tuple(residuals)), (new[0],) + tuple(statistics)
+
+    def retreat(self, weights, d_states, d_h, states, residuals, m, recurrent_mask):
+        """From the gradients of the states after the step (`d_h` that of the step's
+        output `h'`): those of the states before it, of the step's input and of the
+        weights."""
+        d_states = (d_states[0] + d_h,) + tuple(d_states[1:])
+        d_new = d_states if m is None else tuple(m * d for d in d_states)
+        h_in = self.dropped(states[0], recurrent_mask)
+        dx, dh_in, d_direct, dw = self.backward(weights, residuals, h_in, states, m, d_new)
+        d_before = tuple(
+            # What reaches a state before the step: through the step (h also through
+            # h_in), and, where the step is padding, the kept state's gradient.
+            (self.dropped(dh_in, recurrent_mask) if k == 0 else 0.0)
+            + (0.0 if d_direct[k] is None else d_direct[k])
+            + (0.0 if m is None else (1.0 - m) * d_states[k])
+            for k in range(self.n_states)
+        )
+        return d_before, dx, tuple(dw)
+
+
+def _tf_recurrence(steps, inputs, mask, initial_states, recurrent_mask, weights):
+    """`recurrence` on TensorFlow: `(hs, final states after h, statistics)`."""
+    import tensorflow as tf
+
+    n_states = steps.n_states
 
     def step_mask(t):
         return None if mask is None else mask[t]
 
-    def dropped(h):
-        return h if recurrent_mask is None else h * recurrent_mask
-
-    def keep_padded(m, new, old):
-        return new if m is None else m * new + (1.0 - m) * old
-
     @tf.custom_gradient
-    def run(inputs, h0, c0, *weights):
-        steps = tf.shape(inputs)[0]
-
-        def advance(t, h, c):
-            """Step t: the new state, what the backward step reads (`h`, `c`, then the
-            residuals) and what the loop returns (`h'`, then the statistics)."""
-            m = step_mask(t)
-            h_new, c_new, res, stats = forward(weights, inputs[t], dropped(h), c, m)
-            h_new, c_new = keep_padded(m, h_new, h), keep_padded(m, c_new, c)
-            return h_new, c_new, (h, c) + tuple(res), (h_new,) + tuple(stats)
-
+    def run(inputs, *states_and_weights):
+        states0, weights = states_and_weights[:n_states], states_and_weights[n_states:]
+        length = tf.shape(inputs)[0]
         # Step 0 outside the loop: it tells how many residuals and statistics there are.
-        h1, c1, saved, returned = advance(0, h0, c0)
+        states1, (saved_states, residuals), returned = steps.advance(
+            weights, inputs[0], states0, step_mask(0), recurrent_mask
+        )
+        saved = saved_states + residuals
         arrays = tuple(
-            tf.TensorArray(v.dtype, size=steps, element_shape=v.shape).write(0, v)
+            tf.TensorArray(v.dtype, size=length, element_shape=v.shape).write(0, v)
             for v in saved + returned
         )
 
-        def body(t, h, c, arrays):
-            h_new, c_new, saved, returned = advance(t, h, c)
-            values = saved + returned
-            return t + 1, h_new, c_new, tuple(a.write(t, v) for a, v in zip(arrays, values))
+        def body(t, states, arrays):
+            new, (saved_states, residuals), returned = steps.advance(
+                weights, inputs[t], states, step_mask(t), recurrent_mask
+            )
+            values = saved_states + residuals + returned
+            return t + 1, new, tuple(a.write(t, v) for a, v in zip(arrays, values))
 
-        _, _, c_last, arrays = tf.while_loop(
-            lambda t, *_: t < steps, body, (tf.constant(1), h1, c1, arrays)
+        _, last_states, arrays = tf.while_loop(
+            lambda t, *_: t < length, body, (tf.constant(1), states1, arrays)
         )
-        h_prev, c_prev, *residual_arrays = arrays[: len(saved)]
+        state_arrays, residual_arrays = arrays[:n_states], arrays[n_states : len(saved)]
         hs, *statistics = (a.stack() for a in arrays[len(saved) :])
-        statistics = tuple(statistics)
 
-        def gradient(d_hs, d_c_last, *unused_d_statistics):
+        def gradient(d_hs, *d_rest):
+            # d_rest: the final states after h (h's is in d_hs), then the statistics'.
             d_hs = tf.zeros_like(hs) if d_hs is None else d_hs
-            dc0 = tf.zeros_like(c_last) if d_c_last is None else d_c_last
-            d_inputs = tf.TensorArray(inputs.dtype, size=steps, element_shape=inputs.shape[1:])
+            d_last = (tf.zeros_like(states0[0]),) + tuple(
+                tf.zeros_like(s) if d is None else d
+                for s, d in zip(last_states[1:], d_rest[: n_states - 1])
+            )
+            d_inputs = tf.TensorArray(inputs.dtype, size=length, element_shape=inputs.shape[1:])
             d_weights = tuple(tf.zeros_like(w) for w in weights)
 
-            def backward_body(t, dh, dc, d_weights, d_inputs):
-                m = step_mask(t)
-                dh = dh + d_hs[t]
-                h, c = h_prev.read(t), c_prev.read(t)
-                res = tuple(a.read(t) for a in residual_arrays)
-                dh_new, dc_new = (dh, dc) if m is None else (m * dh, m * dc)
-                dp, dh_in, dc_in, dw = backward(weights, res, dropped(h), c, m, dh_new, dc_new)
-                dh_before = dropped(dh_in)
-                if m is not None:
-                    dh_before += (1.0 - m) * dh
-                    dc_in += (1.0 - m) * dc
+            def backward_body(t, d_states, d_weights, d_inputs):
+                states = tuple(a.read(t) for a in state_arrays)
+                residuals = tuple(a.read(t) for a in residual_arrays)
+                d_before, dx, dw = steps.retreat(
+                    weights, d_states, d_hs[t], states, residuals, step_mask(t), recurrent_mask
+                )
                 d_weights = tuple(a + b for a, b in zip(d_weights, dw))
-                return t - 1, dh_before, dc_in, d_weights, d_inputs.write(t, dp)
+                return t - 1, d_before, d_weights, d_inputs.write(t, dx)
 
-            _, dh0, dc0, d_weights, d_inputs = tf.while_loop(
-                lambda t, *_: t >= 0,
-                backward_body,
-                (steps - 1, tf.zeros_like(h0), dc0, d_weights, d_inputs),
+            _, d_states0, d_weights, d_inputs = tf.while_loop(
+                lambda t, *_: t >= 0, backward_body, (length - 1, d_last, d_weights, d_inputs)
             )
-            return (d_inputs.stack(), dh0, dc0) + d_weights
+            return (d_inputs.stack(),) + tuple(d_states0) + tuple(d_weights)
 
-        return (hs, c_last) + statistics, gradient
+        return (hs,) + tuple(last_states[1:]) + tuple(statistics), gradient
 
-    outputs = run(inputs, h0, c0, *weights)
-    return outputs[0], outputs[1], tuple(tf.stop_gradient(s) for s in outputs[2:])
+    outputs = run(inputs, *initial_states, *weights)
+    return outputs[0], outputs[1:n_states], outputs[n_states:]
+
+
+def _jax_recurrence(steps, inputs, mask, initial_states, recurrent_mask, weights):
+    """`recurrence` on JAX: `(hs, final states after h, statistics)`. The mask and the
+    recurrent dropout mask are arguments of the `custom_vjp` function (it must not close
+    over traced values); they get no gradient."""
+    import jax
+    import jax.numpy as jnp
+
+    def scan_forward(inputs, states0, weights, mask, recurrent_mask):
+        def body(states, xs):
+            x, m = xs
+            new, saved, returned = steps.advance(weights, x, states, m, recurrent_mask)
+            return new, (saved, returned)
+
+        last, (saved, returned) = jax.lax.scan(body, states0, (inputs, mask))
+        return (returned[0], last[1:], returned[1:]), saved
+
+    @jax.custom_vjp
+    def run(inputs, states0, weights, mask, recurrent_mask):
+        return scan_forward(inputs, states0, weights, mask, recurrent_mask)[0]
+
+    def run_forward(inputs, states0, weights, mask, recurrent_mask):
+        outputs, saved = scan_forward(inputs, states0, weights, mask, recurrent_mask)
+        return outputs, (saved, weights, mask, recurrent_mask)
+
+    def run_backward(saved, d_outputs):
+        (saved_states, residuals), weights, mask, recurrent_mask = saved
+        d_hs, d_tail, _ = d_outputs
+        d_last = (jnp.zeros_like(d_hs[0]),) + tuple(d_tail)
+        zero_weights = tuple(jnp.zeros_like(w) for w in weights)
+
+        def body(carry, xs):
+            d_states, d_weights = carry
+            d_h, states, residuals, m = xs
+            d_before, dx, dw = steps.retreat(weights, d_states, d_h, states, residuals, m, recurrent_mask)
+            return (d_before, tuple(a + b for a, b in zip(d_weights, dw))), dx
+
+        (d_states0, d_weights), d_inputs = jax.lax.scan(
+            body, (d_last, zero_weights), (d_hs, saved_states, residuals, mask), reverse=True
+        )
+        no_gradient = lambda x: None if x is None else jnp.zeros_like(x)  # noqa: E731
+        return d_inputs, d_states0, d_weights, no_gradient(mask), no_gradient(recurrent_mask)
+
+    run.defvjp(run_forward, run_backward)
+    return run(inputs, initial_states, weights, mask, recurrent_mask)

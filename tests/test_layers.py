@@ -4,11 +4,6 @@ Backend-agnostic: `make test` runs this file on TensorFlow and again with
 KERAS_BACKEND=jax, where the BN layers must update their statistics after the loop.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
@@ -27,7 +22,6 @@ from tests import reference
 from tests.conftest import randomize_weights, set_weights_by_name, to_numpy, weights_by_name
 
 B, T, D, U, T_MAX = 6, 7, 3, 5, 5
-ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS = {
     "ln_lstm": (LayerNormLSTM, LayerNormLSTMCell, {}),
@@ -293,20 +287,6 @@ def test_dropout_random_in_training_deterministic_in_inference(kind, rng):
     np.testing.assert_array_equal(to_numpy(layer(x)), to_numpy(layer(x)))
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the benchmark runs on TensorFlow")
-def test_benchmark_script_runs():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--shape", "4,5,3,8",
-         "--repeats", "2", "--jit-compile", "off", "--only", "LayerNormLSTM", "--only", "BatchNormLSTM"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    lines = result.stdout.splitlines()
-    for name in ("keras.layers.LSTM", "LayerNormLSTM", "BatchNormLSTM"):
-        row = next(line for line in lines if line.startswith(name))
-        assert float(row.split()[2]) > 0
-
-
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.data pipeline")
 @pytest.mark.parametrize("kind", BN)
 def test_fit_with_unknown_time_dimension(kind, rng):
@@ -362,7 +342,53 @@ def test_string_input_is_a_clear_error(kind):
             layer(text)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's fused loop")
+@pytest.fixture
+def float64_on_jax():
+    """JAX computes in float32 unless 64-bit mode is on: turn it on for one test."""
+    if keras.backend.backend() != "jax":
+        yield
+        return
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+def outputs_and_gradients(layer, x, mask, weigh):
+    """The layer's outputs in training and the gradients of `weigh(outputs)` with respect
+    to `x` and to every trainable weight (the statistics' updates are applied)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs = layer(x, mask=mask, training=True)
+            loss = weigh(outputs)
+        return outputs, tape.gradient(loss, [x] + layer.trainable_weights)
+    import jax
+
+    trainable = [v.value for v in layer.trainable_variables]
+    non_trainable = [v.value for v in layer.non_trainable_variables]
+
+    def loss(x, trainable):
+        outputs, updated = layer.stateless_call(
+            trainable, non_trainable, x, mask=mask, training=True
+        )
+        return weigh(outputs), (outputs, updated)
+
+    (_, (outputs, updated)), (dx, dw) = jax.value_and_grad(loss, (0, 1), has_aux=True)(
+        jax.numpy.asarray(x), trainable
+    )
+    for variable, value in zip(layer.non_trainable_variables, updated):
+        variable.assign(value)
+    return outputs, [dx] + list(dw)
+
+
+@pytest.mark.skipif(keras.backend.backend() not in ("tensorflow", "jax"), reason="no fused loop")
 @pytest.mark.parametrize(
     "options",
     [
@@ -373,22 +399,30 @@ def test_string_input_is_a_clear_error(kind):
         {"masked": True, "recurrent_dropout": 0.4, "seed": 3, "use_bias": False},
     ],
 )
-@pytest.mark.parametrize("kind", ["ln_lstm", "bn_lstm"])
-def test_fused_loop_gradients_equal_autodiff(kind, options, rng):
-    """The hand-written step derivative (LayerNormLSTM, BatchNormLSTM in training on
-    TensorFlow) against TensorFlow's own differentiation of the same layer's generic loop,
-    in float64: outputs, states, every gradient and the updated statistics."""
-    import tensorflow as tf
-
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_fused_loop_gradients_equal_autodiff(kind, options, rng, float64_on_jax):
+    """The hand-written step derivatives (every layer in training, on TensorFlow and JAX) against the backend's own differentiation of the same
+    layer's generic loop, in float64: outputs, states, every gradient and the updated
+    statistics."""
     options = dict(options)
     masked = options.pop("masked", False)
-    x = tf.constant(rng.normal(0, 1, (B, T, D)))
+    x = rng.normal(0, 1, (B, T, D))
     mask = None
     if masked:
         mask = np.ones((B, T), bool)
         mask[0, 4:] = False  # right padding
         mask[1, :3] = False  # left padding
         mask[2, :] = False  # all padding
+
+    def weigh(outputs):
+        """A fixed random linear function of every output and state (not the BN step
+        counter, a float32 count)."""
+        return sum(
+            keras.ops.sum(o * np.random.default_rng(k).normal(size=o.shape))
+            for k, o in enumerate(outputs)
+            if keras.backend.standardize_dtype(o.dtype) == "float64"
+        )
+
     values, results = None, []
     for fused in (True, False):
         layer = make_layer(kind, return_state=True, dtype="float64", **options)
@@ -400,31 +434,31 @@ def test_fused_loop_gradients_equal_autodiff(kind, options, rng):
             assert layer.uses_fused_loop()
         else:
             layer.uses_fused_loop = lambda: False
-        # A fixed random linear function of every output and state.
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            outputs = layer(x, mask=mask, training=True)
-            loss = sum(
-                tf.reduce_sum(o * np.random.default_rng(k).normal(size=o.shape))
-                for k, o in enumerate(outputs[:3])
-            )
-        gradients = tape.gradient(loss, [x] + layer.trainable_weights)
+        outputs, gradients = outputs_and_gradients(layer, x, mask, weigh)
         results.append((outputs, gradients, weights_by_name(layer)))
     (outputs, gradients, after), (want_outputs, want_gradients, want_after) = results
+    # XLA's CPU tanh is a float32-accurate approximation even in float64, and its result
+    # depends on how the ops around it are fused: on JAX the two loops differ by ~1e-7
+    # (relative to the largest gradient: the BN statistics spread it over the batch).
+    exact = keras.backend.backend() == "tensorflow"
+    value_tolerance, gradient_tolerance = (1e-12, 1e-10) if exact else (1e-7, 1e-6)
+    assert to_numpy(outputs[0]).dtype == np.float64
     for a, b in zip(outputs, want_outputs):
-        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-12, rtol=0)
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=value_tolerance, rtol=0)
     for a, b in zip(gradients, want_gradients):
-        assert np.all(np.isfinite(to_numpy(a)))
-        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-10, rtol=1e-10)
+        a, b = to_numpy(a), to_numpy(b)
+        assert np.all(np.isfinite(a))
+        scale = 1.0 if exact else max(1.0, np.abs(b).max())
+        np.testing.assert_allclose(a, b, atol=gradient_tolerance * scale, rtol=gradient_tolerance)
     for name in want_after:
-        np.testing.assert_allclose(after[name], want_after[name], atol=1e-12, rtol=0)
+        np.testing.assert_allclose(after[name], want_after[name], atol=value_tolerance, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["ln_lstm", "bn_lstm"])
+@pytest.mark.parametrize("kind", list(LAYERS))
 def test_fused_loop_only_for_what_its_derivative_covers(kind):
     """Other activations, unroll, half precision or another backend: Keras's loop."""
     default = make_layer(kind)
-    assert default.uses_fused_loop() == (keras.backend.backend() == "tensorflow")
+    assert default.uses_fused_loop() == (keras.backend.backend() in ("tensorflow", "jax"))
     assert not make_layer(kind, activation="relu").uses_fused_loop()
     assert not make_layer(kind, recurrent_activation="hard_sigmoid").uses_fused_loop()
     assert not make_layer(kind, unroll=True).uses_fused_loop()

@@ -1,0 +1,85 @@
+"""The benchmark scripts run (so they can't rot). They assert that every row is printed
+with a positive time, never how fast anything is."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+
+
+def run(command, **env):
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**ENV, **env}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def rows(stdout):
+    """`{layer: (twin, train ratio, train ms, infer ratio, infer ms)}` from the table."""
+    table = {}
+    for line in stdout.splitlines():
+        for twin in ("keras.layers.LSTM", "keras.layers.GRU"):
+            if f" {twin} " in line:
+                name, rest = line.split(f" {twin} ")
+                fields = rest.split()
+                table[name.strip()] = (twin, *map(float, fields[1:3]), *map(float, fields[4:6]))
+    return table
+
+
+def test_quick_run_measures_every_layer_against_its_twin():
+    stdout = run([sys.executable, "benchmarks/throughput.py", "--quick"], KERAS_BACKEND="tensorflow")
+    assert "backend tensorflow" in stdout
+    assert "CPU: " in stdout and " cores" in stdout
+    table = rows(stdout)
+    expected = {
+        "keras.layers.LSTM": "keras.layers.LSTM", "LayerNormLSTM": "keras.layers.LSTM",
+        "BatchNormLSTM": "keras.layers.LSTM", "RNN(LayerNormLSTMCell)": "keras.layers.LSTM",
+        "hand-written LN cell": "keras.layers.LSTM", "keras.layers.GRU": "keras.layers.GRU",
+        "LayerNormGRU": "keras.layers.GRU", "BatchNormGRU": "keras.layers.GRU",
+    }
+    assert {name: row[0] for name, row in table.items()} == expected
+    for name, (_, *figures) in table.items():
+        assert all(value > 0 for value in figures), name
+
+
+def test_backend_option_overrides_the_environment():
+    stdout = run(
+        [sys.executable, "benchmarks/throughput.py", "--quick", "--backend", "jax",
+         "--only", "LayerNormLSTM"],
+        KERAS_BACKEND="tensorflow",
+    )
+    assert "backend jax" in stdout
+    assert set(rows(stdout)) == {"keras.layers.LSTM", "LayerNormLSTM"}
+
+
+def test_bad_shape_is_a_clear_error():
+    result = subprocess.run(
+        [sys.executable, "benchmarks/throughput.py", "--shape", "4,5,3"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env=ENV,
+    )
+    assert result.returncode == 2
+    assert "expected B,T,D,U" in result.stderr
+
+
+@pytest.mark.skipif(not Path("/bin/bash").exists(), reason="needs bash")
+def test_gpu_script_runs_on_cpu_with_its_smoke_flag():
+    stdout = run(["bash", "benchmarks/gpu.sh", "--cpu-smoke"], PYTHON=sys.executable)
+    table = rows(stdout)
+    assert {"LayerNormLSTM", "LayerNormGRU", "keras.layers.LSTM", "keras.layers.GRU"} <= set(table)
+
+
+def test_profile_script_runs():
+    stdout = run(
+        [sys.executable, "benchmarks/profile_small.py", "--layer", "LayerNormGRU", "--shape",
+         "2,3,2,4", "--repeats", "1", "--jit-compile", "off"]
+    )
+    lines = [line for line in stdout.splitlines() if line.endswith("]")]
+    names = [line[:32].strip() for line in lines]
+    assert names == ["LayerNormGRU forward", "LayerNormGRU train", "GRU forward", "GRU train",
+                     "matmul floor forward"]
