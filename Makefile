@@ -15,7 +15,8 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell (cat setup.cfg; echo "$(TORCH)") | cksum | cut -d' ' -f1)
 
 # The library's own tests: every cell and layer against the NumPy reference.
-LIBRARY_TESTS := tests/test_layer_norm.py tests/test_batch_norm.py tests/test_layers.py tests/test_normalization.py tests/test_compat.py tests/test_errors.py
+LIBRARY_TESTS := tests/test_layer_norm.py tests/test_batch_norm.py tests/test_layers.py tests/test_normalization.py \
+	tests/test_degenerate_inputs.py tests/test_compat.py tests/test_errors.py
 SECONDARY := -q -p no:cacheprovider
 
 .PHONY: test test-tensorflow test-jax test-torch test-oldest demo clean
@@ -41,7 +42,8 @@ $(OLDEST_STAMP): $(PY_OLDEST) setup.cfg pyproject.toml .ci/oldest.txt
 # Four runs, two at a time (each prints when it ends): the whole suite on TensorFlow with
 # the newest releases; the library tests on the oldest supported releases; the layers on
 # JAX (where a variable can't be updated inside the loop: the BN layers must update after
-# it); the library tests on torch.
+# it; the fused loop is a custom_vjp scan) and the zero-input gradients there; the library
+# tests on torch.
 test:
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-tensorflow test-oldest test-jax test-torch
 
@@ -52,7 +54,7 @@ test-oldest: $(OLDEST_STAMP)
 	$(PY_OLDEST) -m pytest $(SECONDARY) $(LIBRARY_TESTS)
 
 test-jax: $(STAMP)
-	KERAS_BACKEND=jax $(PY) -m pytest $(SECONDARY) tests/test_layers.py
+	KERAS_BACKEND=jax $(PY) -m pytest $(SECONDARY) tests/test_layers.py tests/test_degenerate_inputs.py
 
 test-torch: $(STAMP)
 	KERAS_BACKEND=torch $(PY) -m pytest $(SECONDARY) $(LIBRARY_TESTS)

@@ -23,6 +23,7 @@ from keras_recnorm import (
 from tests.conftest import randomize_weights, set_weights_by_name, to_numpy
 
 TENSORFLOW = keras.backend.backend() == "tensorflow"
+JAX = keras.backend.backend() == "jax"
 
 
 def generic(layer):
@@ -40,18 +41,20 @@ def rnn_of(cell_class):
 
 
 # name -> a function of (units, return_sequences=, dtype=, **cell arguments) giving the
-# recurrent layer. "fused" is LayerNormLSTM's loop with the hand-written derivative
-# (TensorFlow, training); the others differentiate Keras's loop.
+# recurrent layer. "fused": the layer's loop with the hand-written step derivative
+# (TensorFlow and JAX, training); the others differentiate Keras's loop.
+FUSED_BACKEND = keras.backend.backend() in ("tensorflow", "jax")
 VARIANTS = {
     "LayerNormLSTM-fused": LayerNormLSTM,
     "LayerNormLSTM-generic": lambda units, **kwargs: generic(LayerNormLSTM(units, **kwargs)),
-    "LayerNormGRU": LayerNormGRU,
+    "LayerNormGRU-fused": LayerNormGRU,
+    "LayerNormGRU-generic": lambda units, **kwargs: generic(LayerNormGRU(units, **kwargs)),
     "RNN(LayerNormLSTMCell)": rnn_of(LayerNormLSTMCell),
     "RNN(LayerNormGRUCell)": rnn_of(LayerNormGRUCell),
     "RNN(LayerNormSimpleRNNCell)": rnn_of(LayerNormSimpleRNNCell),
 }
-if not TENSORFLOW:  # no fused loop elsewhere: the two LayerNormLSTM variants are one
-    del VARIANTS["LayerNormLSTM-generic"]
+if not FUSED_BACKEND:  # no fused loop on torch: each layer's two variants are one
+    del VARIANTS["LayerNormLSTM-generic"], VARIANTS["LayerNormGRU-generic"]
 
 
 def model_of(recurrent, timesteps, features):
@@ -60,14 +63,22 @@ def model_of(recurrent, timesteps, features):
 
 
 def test_the_variants_take_the_paths_they_name():
-    assert VARIANTS["LayerNormLSTM-fused"](4).uses_fused_loop() == TENSORFLOW
-    if TENSORFLOW:
-        assert not VARIANTS["LayerNormLSTM-generic"](4).uses_fused_loop()
+    for layer in ("LayerNormLSTM", "LayerNormGRU"):
+        assert VARIANTS[f"{layer}-fused"](4).uses_fused_loop() == FUSED_BACKEND
+        if FUSED_BACKEND:
+            assert not VARIANTS[f"{layer}-generic"](4).uses_fused_loop()
 
 
 def gradients(model, x, loss_of_output):
     """Gradients of `loss_of_output(model(x, training=True))` for `[x] + trainable
-    weights` (training: the fused loop runs on TensorFlow)."""
+    weights` (training: the fused loop runs on TensorFlow and JAX)."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        x = torch.tensor(x, requires_grad=True)
+        loss = loss_of_output(model(x, training=True))
+        variables = [v.value for v in model.trainable_variables]
+        return [to_numpy(g) for g in torch.autograd.grad(loss, [x] + variables)]
     if TENSORFLOW:
         import tensorflow as tf
 
@@ -90,6 +101,7 @@ def gradients(model, x, loss_of_output):
 
 def weight_gradients(model, x, y):
     """Gradients of the mean squared error for every trainable weight."""
+    y = ops.convert_to_tensor(y)
     return gradients(model, x, lambda prediction: ops.mean(ops.square(prediction - y)))[1:]
 
 
@@ -173,12 +185,13 @@ def exact_layer_standardized(x, epsilon):
 def test_gradient_is_exact_on_ordinary_inputs(name, rng, monkeypatch):
     """Every LN cell and layer, fused or not, against autodiff of the plain LN formula
     (Keras's loop), to 1e-6 relative in float64 (float32 on JAX: no float64 by default)."""
-    dtype = "float64" if TENSORFLOW else "float32"
+    dtype = "float32" if JAX else "float64"
     x = rng.normal(0, 1, (3, 7, 4)).astype(dtype)
     probe = rng.normal(0, 1, (3, 7, 5)).astype(dtype)
     layer = VARIANTS[name](5, return_sequences=True, dtype=dtype)
     layer(x)
     weights = randomize_weights(layer, rng)
+    probe = ops.convert_to_tensor(probe)
     got = gradients(layer, x, lambda outputs: ops.sum(outputs * probe))
     monkeypatch.setattr(normalization, "_layer_standardized", exact_layer_standardized)
     exact = generic(VARIANTS[name](5, return_sequences=True, dtype=dtype))
@@ -186,7 +199,7 @@ def test_gradient_is_exact_on_ordinary_inputs(name, rng, monkeypatch):
     set_weights_by_name(exact, weights)
     want = gradients(exact, x, lambda outputs: ops.sum(outputs * probe))
     assert len(got) == len(want) == 1 + len(layer.trainable_variables)
-    tolerance = 1e-6 if TENSORFLOW else 1e-4
+    tolerance = 1e-4 if JAX else 1e-6
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance * np.abs(b).max())
 
