@@ -112,9 +112,15 @@ def batch_moments(x, mask=None):
     return ops.squeeze(count, -1), mean, m2
 
 
+def _tensors(moments):
+    # NumPy moments (recompute's float64 totals) become tensors: on torch, an ndarray
+    # and a tensor don't combine.
+    return tuple(ops.convert_to_tensor(v) for v in moments)
+
+
 def moments_variance(moments):
     """The biased variance `M2 / count` of `(count, mean, M2)` (0 where count is 0)."""
-    count, _, m2 = moments
+    count, _, m2 = _tensors(moments)
     return m2 / ops.maximum(ops.expand_dims(ops.cast(count, m2.dtype), -1), 1.0)
 
 
@@ -132,8 +138,8 @@ def merge_moments(a, b):
     `(count, mean, M2)` with count of shape `(...)`, mean and M2 `(..., F)` (broadcasting);
     a count of 0 is an empty set (its mean and M2 are ignored).
     """
-    na, ma, m2a = a
-    nb, mb, m2b = b
+    na, ma, m2a = _tensors(a)
+    nb, mb, m2b = _tensors(b)
     n = na + nb
     # nb/n and na·nb/n, safe where both sets are empty.
     share_b = ops.expand_dims(nb / ops.maximum(n, 1e-30), -1)
@@ -157,7 +163,7 @@ def merge_moments_by_slot(moments, slots, num_slots):
     Returns:
         `(count (S,), mean (S, F), M2 (S, F))`.
     """
-    count, mean, m2 = moments
+    count, mean, m2 = _tensors(moments)
     dtype = mean.dtype
     count = ops.cast(count, dtype)
     # A step nobody took part in has no statistic: keep whatever it holds out.
@@ -201,14 +207,14 @@ def slot_shares(slots, mask, num_slots):
 def moments_to_sums(moments):
     """`(n, n·mean, M2 + n·mean²)`: the power sums, which add across replicas (one
     all-reduce of the three); `moments_from_sums` turns the totals back into moments."""
-    count, mean, m2 = moments
+    count, mean, m2 = _tensors(moments)
     n = ops.expand_dims(count, -1)
     return count, n * mean, m2 + n * ops.square(mean)
 
 
 def moments_from_sums(sums):
     """Inverse of `moments_to_sums`."""
-    count, total, squares = sums
+    count, total, squares = _tensors(sums)
     n = ops.maximum(ops.expand_dims(count, -1), 1e-30)
     mean = total / n
     return count, mean, ops.maximum(squares - n * ops.square(mean), 0.0)
