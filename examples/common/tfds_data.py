@@ -33,6 +33,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from examples.common import text_data
+
 # Hosts a TFDS download needs first: its own mirror of prepared datasets on GCS.
 DEFAULT_PROBE_HOSTS = (("storage.googleapis.com", 443),)
 # Split names tried, in order, when the dataset's metadata lists none (mock_data, or a builder
@@ -350,12 +352,7 @@ def labels_are_unknown(labels) -> bool:
 
 
 def _decode(value) -> str:
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return value.decode("latin-1")
-    return str(value)
+    return text_data.decode(value) if isinstance(value, bytes) else str(value)
 
 
 def load_text_split(
