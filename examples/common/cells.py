@@ -55,7 +55,7 @@ def cell_option(offered, *, default, help, all_cells=False):
     `all_cells`), aliases accepted and listed in the help."""
     aliases = [f"{alias} = {name}" for alias, name in ALIASES.items() if name in offered]
     if aliases:
-        help += f" (older names: {', '.join(aliases)})"
+        help += f"; older names: {', '.join(aliases)}"
     return dict(type=canonical, choices=(*offered, *(("all",) if all_cells else ())),
                 default=default, help=help)
 
