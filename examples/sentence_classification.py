@@ -139,9 +139,12 @@ def build_parser():
                        help="dropout rate on the embeddings and before the classifier")
 
     training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=arguments.positive_int, default=10, help="maximum epochs")
-    training.add_argument("--batch-size", type=arguments.positive_int, default=32, help="batch size")
-    training.add_argument("--learning-rate", type=arguments.positive_float, metavar="RATE", default=1e-3,
+    training.add_argument("--epochs", type=arguments.positive_int, default=10,
+                          help="maximum epochs")
+    training.add_argument("--batch-size", type=arguments.positive_int, default=32,
+                          help="batch size")
+    training.add_argument("--learning-rate", type=arguments.positive_float, metavar="RATE",
+                          default=1e-3,
                           help="Adam learning rate of the LSTM, and of the normalized "
                                "cells unless --normalized-learning-rate is given")
     training.add_argument("--normalized-learning-rate", type=arguments.positive_float, default=None,
@@ -511,6 +514,41 @@ def print_seeds_table(summary):
               f"{stats['seconds_per_epoch']:>8.1f} {stats['learning_rate']:>8.2g}")
 
 
+def summarize_seeds(results):
+    """Mean ± std over the seeds of one cell, and each seed's own figures."""
+    summary = summarize_runs(results, ("best_val_accuracy", "test_accuracy"))
+    summary["best_epoch_mean"] = float(np.mean([r["best_epoch"] for r in results]))
+    summary["runs"] = results
+    return summary
+
+
+def summarize_runs(results, keys):
+    """One cell's runs (folds or seeds): mean and std of each of `keys` the runs have, mean
+    seconds per epoch, and the learning rate (the same for every run)."""
+    summary = {}
+    for key in keys:
+        if key in results[0]:
+            values = np.array([r[key] for r in results])
+            summary[f"{key}_mean"] = float(values.mean())
+            summary[f"{key}_std"] = float(values.std())
+    summary["seconds_per_epoch"] = float(np.mean([r["seconds_per_epoch"] for r in results]))
+    summary["learning_rate"] = results[0]["learning_rate"]
+    return summary
+
+
+def mean_curves(per_cell):
+    """Per cell, the mean validation accuracy and training loss curves of its runs."""
+    return {key: {TITLES[cell]: mean_curve([r["history"][key] for r in results])
+                  for cell, results in per_cell.items()}
+            for key in ("val_accuracy", "loss")}
+
+
+def mean_curve(curves):
+    """Mean over folds or seeds, epoch by epoch, over the runs that trained that long."""
+    longest = max(len(c) for c in curves)
+    return [float(np.mean([c[i] for c in curves if len(c) > i])) for i in range(longest)]
+
+
 def write_history(path, rows):
     fields = ["cell", "seed", "fold", "epoch", "loss", "accuracy", "val_loss", "val_accuracy",
               "seconds"]
@@ -618,28 +656,6 @@ def compare(args, data, cells):
     return metrics, rows, mean_curves(per_cell), end_to_end(vectorizer, best[1])
 
 
-def summarize_seeds(results):
-    """Mean ± std over the seeds of one cell, and each seed's own figures."""
-    summary = summarize_runs(results, ("best_val_accuracy", "test_accuracy"))
-    summary["best_epoch_mean"] = float(np.mean([r["best_epoch"] for r in results]))
-    summary["runs"] = results
-    return summary
-
-
-def summarize_runs(results, keys):
-    """One cell's runs (folds or seeds): mean and std of each of `keys` the runs have, mean
-    seconds per epoch, and the learning rate (the same for every run)."""
-    summary = {}
-    for key in keys:
-        if key in results[0]:
-            values = np.array([r[key] for r in results])
-            summary[f"{key}_mean"] = float(values.mean())
-            summary[f"{key}_std"] = float(values.std())
-    summary["seconds_per_epoch"] = float(np.mean([r["seconds_per_epoch"] for r in results]))
-    summary["learning_rate"] = results[0]["learning_rate"]
-    return summary
-
-
 def run(args):
     global setup
     started = time.perf_counter()
@@ -691,19 +707,6 @@ def run(args):
         json.dump(metrics, f, indent=2)
     print(f"metrics, history and plots in {output_dir} ({metrics['wall_seconds']:.0f} s)")
     return metrics
-
-
-def mean_curves(per_cell):
-    """Per cell, the mean validation accuracy and training loss curves of its runs."""
-    return {key: {TITLES[cell]: mean_curve([r["history"][key] for r in results])
-                  for cell, results in per_cell.items()}
-            for key in ("val_accuracy", "loss")}
-
-
-def mean_curve(curves):
-    """Mean over folds or seeds, epoch by epoch, over the runs that trained that long."""
-    longest = max(len(c) for c in curves)
-    return [float(np.mean([c[i] for c in curves if len(c) > i])) for i in range(longest)]
 
 
 @arguments.one_line_errors(tfds_data.DatasetUnavailable, tfds_data.FeatureError,
