@@ -32,7 +32,7 @@ from examples.common import arguments  # noqa: E402
 from examples.common.cells import TITLES  # noqa: E402
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = arguments.ArgumentParser(
         description="Train LSTM / LN-LSTM / BN-LSTM on sequential digits, export the "
         "best as a SavedModel and request one prediction from the export.")
@@ -44,7 +44,11 @@ def parse_args(argv=None):
         "training_args", nargs=argparse.REMAINDER,
         help="options passed on to examples/sequential_mnist.py after `--` "
         "(e.g. `-- --epochs 5`); --dataset digits and --cell all are fixed.")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
     if args.training_args[:1] == ["--"]:
         args.training_args = args.training_args[1:]
     return args

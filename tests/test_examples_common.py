@@ -1,6 +1,7 @@
 """examples/common: the cell table, the argument checks and the text decoder every script uses."""
 
 import argparse
+import importlib
 
 import keras
 import pytest
@@ -119,3 +120,23 @@ def test_decode_reads_utf8_else_latin1(tmp_path):
     assert text_data.decode("caf\xe9".encode("latin-1")) == "caf\xe9"
     (tmp_path / "mixed.txt").write_bytes("na\xefve".encode("latin-1") + b"\n")
     assert text_data.read_text(tmp_path / "mixed.txt") == "na\xefve\n"
+
+
+# ------------------------------------------------------------------------------- scripts
+
+
+@pytest.mark.parametrize("script", ["sentence_classification", "sequential_mnist",
+                                    "skip_thoughts", "skip_thoughts_eval", "demo"])
+def test_every_script_explains_every_option_and_reports_errors_in_one_line(script):
+    parser = importlib.import_module(f"examples.{script}").build_parser()
+    assert isinstance(parser, arguments.ArgumentParser)
+    undocumented = [action.option_strings or action.dest for action in parser._actions
+                    if not (action.help and action.help.strip())]
+    assert undocumented == []
+    text = parser.format_help()
+    for action in parser._actions:
+        assert all(option in text for option in action.option_strings)
+    cell = next((a for a in parser._actions if "--cell" in a.option_strings), None)
+    if cell is not None:  # the shared names, and the older ones listed
+        assert set(cell.choices) - {"all"} <= set(cells.CELLS)
+        assert "older names: layer_norm = layer_norm_lstm" in " ".join(text.split())
