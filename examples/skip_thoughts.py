@@ -268,6 +268,32 @@ def make_dataset(ids, triples, eos_id, batch_size, *, shuffle, seed, repeat=Fals
 # --------------------------------------------------------------------------------------------
 
 
+class ConditionOnThought(keras.layers.Layer):
+    """Concatenates the thought vector (batch, units) to every step of (batch, time, dim).
+
+    Kiros et al. condition each decoder by adding C·thought to its gate and candidate
+    pre-activations at every step; a GRU whose input is [word; thought] computes exactly that
+    (its kernel's thought rows are C). The words' padding mask passes through.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs):
+        words, thought = inputs
+        steps = ops.shape(words)[1]
+        tiled = ops.repeat(ops.expand_dims(thought, 1), steps, axis=1)
+        return ops.concatenate([words, ops.cast(tiled, words.dtype)], axis=-1)
+
+    def compute_mask(self, inputs, mask=None):
+        return None if mask is None else mask[0]
+
+    def compute_output_shape(self, input_shapes):
+        words, thought = input_shapes
+        return (*words[:-1], words[-1] + thought[-1])
+
+
 def build_models(vocab_size, args):
     """Returns (training model, token encoder): ids -> logits of both decoders; ids -> vector.
 
@@ -301,32 +327,6 @@ def build_models(vocab_size, args):
     model = keras.Model({"current": current, "previous_in": previous_in, "next_in": next_in},
                         both, name="skip_thoughts")
     return model, token_encoder
-
-
-class ConditionOnThought(keras.layers.Layer):
-    """Concatenates the thought vector (batch, units) to every step of (batch, time, dim).
-
-    Kiros et al. condition each decoder by adding C·thought to its gate and candidate
-    pre-activations at every step; a GRU whose input is [word; thought] computes exactly that
-    (its kernel's thought rows are C). The words' padding mask passes through.
-    """
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.supports_masking = True
-
-    def call(self, inputs):
-        words, thought = inputs
-        steps = ops.shape(words)[1]
-        tiled = ops.repeat(ops.expand_dims(thought, 1), steps, axis=1)
-        return ops.concatenate([words, ops.cast(tiled, words.dtype)], axis=-1)
-
-    def compute_mask(self, inputs, mask=None):
-        return None if mask is None else mask[0]
-
-    def compute_output_shape(self, input_shapes):
-        words, thought = input_shapes
-        return (*words[:-1], words[-1] + thought[-1])
 
 
 class SummedCrossEntropy(keras.losses.Loss):
