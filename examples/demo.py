@@ -28,10 +28,12 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
 from examples import sequential_mnist  # noqa: E402
+from examples.common import arguments  # noqa: E402
+from examples.common.cells import TITLES  # noqa: E402
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+def build_parser():
+    parser = arguments.ArgumentParser(
         description="Train LSTM / LN-LSTM / BN-LSTM on sequential digits, export the "
         "best as a SavedModel and request one prediction from the export.")
     parser.add_argument(
@@ -42,12 +44,17 @@ def parse_args(argv=None):
         "training_args", nargs=argparse.REMAINDER,
         help="options passed on to examples/sequential_mnist.py after `--` "
         "(e.g. `-- --epochs 5`); --dataset digits and --cell all are fixed.")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
     if args.training_args[:1] == ["--"]:
         args.training_args = args.training_args[1:]
     return args
 
 
+@arguments.one_line_errors()
 def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
@@ -62,7 +69,7 @@ def main(argv=None):
     metrics = json.loads((output / "metrics.json").read_text())
     # The validation set picks the model; the test set only reports on it.
     best = max(metrics["cells"], key=lambda c: metrics["cells"][c]["best_valid_accuracy"])
-    print(f"\nbest validation accuracy: {sequential_mnist.CELL_TITLES[best]} "
+    print(f"\nbest validation accuracy: {TITLES[best]} "
           f"({metrics['cells'][best]['best_valid_accuracy']:.3f})")
 
     # 2. Export it for TF Serving.

@@ -40,52 +40,19 @@ if __package__ in (None, ""):  # run as a script: make `examples` and `keras_rec
 
 import numpy as np  # noqa: E402
 
-from examples.common import distribute, text_data, tfds_data  # noqa: E402
+from examples.common import arguments, distribute, text_data, tfds_data  # noqa: E402
+from examples.common.arguments import UsageError  # noqa: E402
+from examples.common.cells import TITLES, cell_option, lookup, recurrent_layer  # noqa: E402
 
-CELLS = ("lstm", "layer_norm", "batch_norm")
-CELL_TITLES = {"lstm": "LSTM", "layer_norm": "LN-LSTM", "batch_norm": "BN-LSTM"}
+CELLS = ("lstm", "layer_norm_lstm", "batch_norm_lstm")
 
 # The devices and processes chosen with --distribute (set once, first thing in run()).
 setup = distribute.Setup("none")
 
 
-class UsageError(Exception):
-    """Bad input: reported as one line on stderr, exit status 2."""
-
-
 # ---------------------------------------------------------------------------------------
 # Arguments
 # ---------------------------------------------------------------------------------------
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
-
-
-def fraction(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
-    return value
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -98,7 +65,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = arguments.ArgumentParser(
         description=(
             "Train a sentence classifier whose recurrent layer is an LSTM, a layer-normalized "
             "LSTM or a recurrent batch-normalized LSTM, on a TensorFlow Datasets text "
@@ -128,74 +95,81 @@ def build_parser():
     data.add_argument("--test-split", default=None,
                       help="split scored at the end (default: test, when distinct from the "
                            "evaluation split and labeled; GLUE's test labels are all -1)")
-    data.add_argument("--max-examples", type=positive_int, default=None,
+    data.add_argument("--max-examples", type=arguments.positive_int, default=None,
                       help="use at most this many examples of each split or file (quick runs; "
                            "a random subset of local files, the first ones of TFDS splits)")
 
     local = parser.add_argument_group("data: local files (one 'label sentence' per line, or a "
                                       "TSV with a 'sentence<TAB>label' header)")
-    local.add_argument("--train-file", default=None, help="training sentences")
-    local.add_argument("--valid-file", default=None,
+    local.add_argument("--train-file", type=arguments.existing_file, default=None,
+                       help="training sentences")
+    local.add_argument("--valid-file", type=arguments.existing_file, default=None,
                        help="validation sentences (default: hold out --valid-fraction of "
                             "the training sentences)")
-    local.add_argument("--test-file", default=None, help="test sentences (optional)")
-    local.add_argument("--cv", type=positive_int, default=None, metavar="K",
+    local.add_argument("--test-file", type=arguments.existing_file, default=None,
+                       help="test sentences (optional)")
+    local.add_argument("--cv", type=arguments.positive_int, default=None, metavar="K",
                        help="K-fold stratified cross-validation on --train-file alone (MR, "
                             "CR, SUBJ, MPQA style); reports mean ± std test accuracy")
-    local.add_argument("--valid-fraction", type=fraction, default=0.1,
+    local.add_argument("--valid-fraction", type=arguments.fraction, default=0.1,
                        help="fraction of the training sentences held out for validation when "
                             "there is no --valid-file (and in every --cv fold)")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--cell", choices=CELLS + ("all",), default="layer_norm",
-                       help="recurrent cell; 'all' trains the three with the same seed, data "
-                            "and budget and compares them")
+    model.add_argument("--cell", **cell_option(
+        CELLS, default="layer_norm_lstm", all_cells=True,
+        help="recurrent layer: keras.layers.LSTM, keras_recnorm.LayerNormLSTM or "
+             "keras_recnorm.BatchNormLSTM; 'all' trains the three with the same seed, data "
+             "and budget and compares them"))
     model.add_argument("--bidirectional", action="store_true",
                        help="wrap each recurrent layer in keras.layers.Bidirectional")
-    model.add_argument("--units", type=positive_int, default=128,
+    model.add_argument("--units", type=arguments.positive_int, default=128,
                        help="units of each recurrent layer (per direction)")
-    model.add_argument("--layers", type=positive_int, default=1,
+    model.add_argument("--layers", type=arguments.positive_int, default=1,
                        help="number of stacked recurrent layers")
-    model.add_argument("--embedding-dim", type=positive_int, default=128,
+    model.add_argument("--embedding-dim", type=arguments.positive_int, default=128,
                        help="word embedding size (trained from random initialization)")
-    model.add_argument("--vocab-size", type=positive_int, default=20000,
+    model.add_argument("--vocab-size", type=arguments.positive_int, default=20000,
                        help="TextVectorization vocabulary size, padding and OOV tokens "
                             "included; adapted on the training split")
-    model.add_argument("--max-length", type=positive_int, default=50,
+    model.add_argument("--max-length", type=arguments.positive_int, default=50,
                        help="sentences are cut or padded to this many tokens; also the "
                             "BN-LSTM's max_timesteps")
-    model.add_argument("--dropout", type=fraction, default=0.5,
+    model.add_argument("--dropout", type=arguments.fraction, default=0.5,
                        help="dropout rate on the embeddings and before the classifier")
 
     training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=positive_int, default=10, help="maximum epochs")
-    training.add_argument("--batch-size", type=positive_int, default=32, help="batch size")
-    training.add_argument("--learning-rate", type=positive_float, metavar="RATE", default=1e-3,
+    training.add_argument("--epochs", type=arguments.positive_int, default=10,
+                          help="maximum epochs")
+    training.add_argument("--batch-size", type=arguments.positive_int, default=32,
+                          help="batch size")
+    training.add_argument("--learning-rate", type=arguments.positive_float, metavar="RATE",
+                          default=1e-3,
                           help="Adam learning rate of the LSTM, and of the normalized "
                                "cells unless --normalized-learning-rate is given")
-    training.add_argument("--normalized-learning-rate", type=positive_float, default=None,
+    training.add_argument("--normalized-learning-rate", type=arguments.positive_float, default=None,
                           metavar="RATE",
                           help="Adam learning rate of the LN-LSTM and the BN-LSTM only, so that "
                                "--cell all can give each kind of cell its own rate "
                                "(normalization is meant to allow larger rates); default: "
                                "--learning-rate")
-    training.add_argument("--layer-norm-learning-rate", type=positive_float, default=None,
+    training.add_argument("--layer-norm-learning-rate", type=arguments.positive_float, default=None,
                           metavar="RATE",
                           help="Adam learning rate of the LN-LSTM alone, when it differs from "
                                "the BN-LSTM's; default: --normalized-learning-rate")
-    training.add_argument("--batch-norm-learning-rate", type=positive_float, default=None,
+    training.add_argument("--batch-norm-learning-rate", type=arguments.positive_float, default=None,
                           metavar="RATE",
                           help="Adam learning rate of the BN-LSTM alone, when it differs from "
                                "the LN-LSTM's; default: --normalized-learning-rate")
-    training.add_argument("--clip-norm", type=positive_float, default=None,
+    training.add_argument("--clip-norm", type=arguments.positive_float, default=None,
                           help="clip each gradient to this L2 norm (Cooijmans et al. clip at "
                                "1.0); default: no clipping")
-    training.add_argument("--patience", type=positive_int, default=3,
+    training.add_argument("--patience", type=arguments.positive_int, default=3,
                           help="early stopping: epochs without a better validation accuracy "
                                "before stopping; the best epoch's weights are kept")
     training.add_argument("--seed", type=int, default=0,
                           help="seed of weights, shuffling and data splits")
-    training.add_argument("--seeds", type=positive_int, default=1, metavar="N",
+    training.add_argument("--seeds", type=arguments.positive_int, default=1, metavar="N",
                           help="train every cell N times, with the seeds --seed, --seed + 1, "
                                "..., --seed + N - 1 for the weights and the shuffling (the data "
                                "splits keep --seed), and report mean ± std over the seeds: one "
@@ -233,11 +207,6 @@ def check_arguments(args):
     if args.vocab_size < 3:
         raise UsageError(f"--vocab-size expects at least 3 (padding, OOV, one word), "
                          f"got {args.vocab_size}.")
-    if args.train_file:
-        for name in ("train_file", "valid_file", "test_file"):
-            path = getattr(args, name)
-            if path and not os.path.isfile(path):
-                raise UsageError(f"--{name.replace('_', '-')} {path}: no such file.")
 
 
 # ---------------------------------------------------------------------------------------
@@ -350,31 +319,6 @@ def load_data(args):
 # ---------------------------------------------------------------------------------------
 
 
-def recurrent_layer(cell, units, max_length, return_sequences, name):
-    """One recurrent layer of the chosen kind: the padding-aware layers where available."""
-    import keras
-
-    import keras_recnorm
-
-    if cell == "lstm":
-        return keras.layers.LSTM(units, return_sequences=return_sequences, name=name)
-    if cell == "layer_norm":
-        if hasattr(keras_recnorm, "LayerNormLSTM"):
-            return keras_recnorm.LayerNormLSTM(units, return_sequences=return_sequences,
-                                               name=name)
-        return keras.layers.RNN(keras_recnorm.LayerNormLSTMCell(units),
-                                return_sequences=return_sequences, name=name)
-    if hasattr(keras_recnorm, "BatchNormLSTM"):
-        # Excludes padded samples from each step's batch statistics (uses the mask).
-        return keras_recnorm.BatchNormLSTM(units, max_timesteps=max_length,
-                                           return_sequences=return_sequences, name=name)
-    if hasattr(keras_recnorm, "BatchNormLSTMCell"):
-        return keras.layers.RNN(keras_recnorm.BatchNormLSTMCell(units, max_timesteps=max_length),
-                                return_sequences=return_sequences, name=name)
-    raise UsageError("this version of keras_recnorm has no BatchNormLSTM: use --cell lstm or "
-                     "layer_norm.")
-
-
 def make_vectorizer(texts, args):
     import keras
 
@@ -393,7 +337,8 @@ def build_classifier(cell, vocabulary_size, num_classes, args):
                                name="embedding")(tokens)
     x = keras.layers.Dropout(args.dropout, name="embedding_dropout")(x)
     for i in range(args.layers):
-        layer = recurrent_layer(cell, args.units, args.max_length,
+        # BatchNormLSTM leaves padded sentences out of its per-step statistics (the mask).
+        layer = recurrent_layer(cell, args.units, max_timesteps=args.max_length,
                                 return_sequences=i < args.layers - 1, name=f"{cell}_{i + 1}")
         if args.bidirectional:
             layer = keras.layers.Bidirectional(layer, name=f"bidirectional_{i + 1}")
@@ -454,11 +399,12 @@ def epoch_timer():
 def learning_rate_for(cell, args):
     """The most specific rate given: the cell's own, then the normalized cells', then
     --learning-rate."""
-    own = {"layer_norm": args.layer_norm_learning_rate,
-           "batch_norm": args.batch_norm_learning_rate}.get(cell)
+    normalization = lookup(cell).normalization
+    own = {"layer": args.layer_norm_learning_rate,
+           "batch": args.batch_norm_learning_rate}.get(normalization)
     if own is not None:
         return own
-    if cell != "lstm" and args.normalized_learning_rate is not None:
+    if normalization is not None and args.normalized_learning_rate is not None:
         return args.normalized_learning_rate
     return args.learning_rate
 
@@ -532,7 +478,7 @@ def print_table(results):
           f"{'epochs to LSTM best':>19} {'s/epoch':>8} {'lr':>8}")
     for r in results:
         reach = r.get("epochs_to_lstm_best")
-        print(f"{CELL_TITLES[r['cell']]:<9} {percent(r['best_val_accuracy']):>10} "
+        print(f"{TITLES[r['cell']]:<9} {percent(r['best_val_accuracy']):>10} "
               f"{percent(r.get('test_accuracy')):>7} {r['best_epoch']:>10} "
               f"{'-' if reach is None else reach:>19} {r['seconds_per_epoch']:>8.1f} "
               f"{r['learning_rate']:>8.2g}")
@@ -542,7 +488,7 @@ def print_cv_table(summary, k):
     print()
     print(f"{'cell':<9} {f'test % ({k} folds)':>18} {'s/epoch':>8}")
     for cell, s in summary.items():
-        print(f"{CELL_TITLES[cell]:<9} {100 * s['test_accuracy_mean']:>9.1f} ± "
+        print(f"{TITLES[cell]:<9} {100 * s['test_accuracy_mean']:>9.1f} ± "
               f"{100 * s['test_accuracy_std']:<5.1f} {s['seconds_per_epoch']:>8.1f}")
 
 
@@ -562,10 +508,45 @@ def print_seeds_table(summary):
         best_epochs = " ".join(str(r["best_epoch"]) for r in stats["runs"])
         reach = " ".join("-" if r.get("epochs_to_lstm_best") is None
                          else str(r["epochs_to_lstm_best"]) for r in stats["runs"])
-        print(f"{CELL_TITLES[cell]:<9} {percent_mean_std(stats, 'best_val_accuracy'):>11} "
+        print(f"{TITLES[cell]:<9} {percent_mean_std(stats, 'best_val_accuracy'):>11} "
               f"{percent_mean_std(stats, 'test_accuracy'):>11} {best_epochs:>14} "
               f"{reach if 'lstm' in summary else '-':>20} "
               f"{stats['seconds_per_epoch']:>8.1f} {stats['learning_rate']:>8.2g}")
+
+
+def summarize_seeds(results):
+    """Mean ± std over the seeds of one cell, and each seed's own figures."""
+    summary = summarize_runs(results, ("best_val_accuracy", "test_accuracy"))
+    summary["best_epoch_mean"] = float(np.mean([r["best_epoch"] for r in results]))
+    summary["runs"] = results
+    return summary
+
+
+def summarize_runs(results, keys):
+    """One cell's runs (folds or seeds): mean and std of each of `keys` the runs have, mean
+    seconds per epoch, and the learning rate (the same for every run)."""
+    summary = {}
+    for key in keys:
+        if key in results[0]:
+            values = np.array([r[key] for r in results])
+            summary[f"{key}_mean"] = float(values.mean())
+            summary[f"{key}_std"] = float(values.std())
+    summary["seconds_per_epoch"] = float(np.mean([r["seconds_per_epoch"] for r in results]))
+    summary["learning_rate"] = results[0]["learning_rate"]
+    return summary
+
+
+def mean_curves(per_cell):
+    """Per cell, the mean validation accuracy and training loss curves of its runs."""
+    return {key: {TITLES[cell]: mean_curve([r["history"][key] for r in results])
+                  for cell, results in per_cell.items()}
+            for key in ("val_accuracy", "loss")}
+
+
+def mean_curve(curves):
+    """Mean over folds or seeds, epoch by epoch, over the runs that trained that long."""
+    longest = max(len(c) for c in curves)
+    return [float(np.mean([c[i] for c in curves if len(c) > i])) for i in range(longest)]
 
 
 def write_history(path, rows):
@@ -623,7 +604,7 @@ def cross_validate(args, data, cells):
     for k, split in enumerate(data.folds):
         vectorizer = make_vectorizer(split[0][0], args)  # adapted on this fold's training part
         for cell in cells:
-            print(f"\nfold {k + 1}/{len(data.folds)}, {CELL_TITLES[cell]}")
+            print(f"\nfold {k + 1}/{len(data.folds)}, {TITLES[cell]}")
             _, result = train_one(cell, split, vectorizer, num_classes, args, args.seed)
             per_cell[cell].append(result)
             rows.extend(history_rows(result, fold=k + 1))
@@ -648,7 +629,7 @@ def compare(args, data, cells):
     for seed in seeds:
         results = []
         for cell in cells:
-            print(f"\n{CELL_TITLES[cell]}" + (f", seed {seed}" if args.seeds > 1 else ""))
+            print(f"\n{TITLES[cell]}" + (f", seed {seed}" if args.seeds > 1 else ""))
             model, result = train_one(cell, (data.train, data.valid, data.test), vectorizer,
                                       len(data.class_names), args, seed)
             results.append(result)
@@ -675,28 +656,6 @@ def compare(args, data, cells):
     return metrics, rows, mean_curves(per_cell), end_to_end(vectorizer, best[1])
 
 
-def summarize_seeds(results):
-    """Mean ± std over the seeds of one cell, and each seed's own figures."""
-    summary = summarize_runs(results, ("best_val_accuracy", "test_accuracy"))
-    summary["best_epoch_mean"] = float(np.mean([r["best_epoch"] for r in results]))
-    summary["runs"] = results
-    return summary
-
-
-def summarize_runs(results, keys):
-    """One cell's runs (folds or seeds): mean and std of each of `keys` the runs have, mean
-    seconds per epoch, and the learning rate (the same for every run)."""
-    summary = {}
-    for key in keys:
-        if key in results[0]:
-            values = np.array([r[key] for r in results])
-            summary[f"{key}_mean"] = float(values.mean())
-            summary[f"{key}_std"] = float(values.std())
-    summary["seconds_per_epoch"] = float(np.mean([r["seconds_per_epoch"] for r in results]))
-    summary["learning_rate"] = results[0]["learning_rate"]
-    return summary
-
-
 def run(args):
     global setup
     started = time.perf_counter()
@@ -709,8 +668,6 @@ def run(args):
     data = load_data(args)
     for note in data.notes:
         print(note)
-    if "batch_norm" in cells:
-        recurrent_layer("batch_norm", 1, 1, False, "probe")  # fail now if BN is missing
 
     metrics = {
         "data": data.source, "class_names": data.class_names, "arguments": vars(args),
@@ -740,7 +697,7 @@ def run(args):
         path = export(best_model, str(output_dir))
         metrics["model"] = str(output_dir / "model.keras")
         metrics["saved_model"] = None if path is None else str(path)
-        which = CELL_TITLES[metrics["best_cell"]]
+        which = TITLES[metrics["best_cell"]]
         if args.seeds > 1:
             which += f", seed {metrics['best_seed']}"
         exported = "" if path is None else f" and exported to {path}"
@@ -752,27 +709,10 @@ def run(args):
     return metrics
 
 
-def mean_curves(per_cell):
-    """Per cell, the mean validation accuracy and training loss curves of its runs."""
-    return {key: {CELL_TITLES[cell]: mean_curve([r["history"][key] for r in results])
-                  for cell, results in per_cell.items()}
-            for key in ("val_accuracy", "loss")}
-
-
-def mean_curve(curves):
-    """Mean over folds or seeds, epoch by epoch, over the runs that trained that long."""
-    longest = max(len(c) for c in curves)
-    return [float(np.mean([c[i] for c in curves if len(c) > i])) for i in range(longest)]
-
-
+@arguments.one_line_errors(tfds_data.DatasetUnavailable, tfds_data.FeatureError,
+                           text_data.DataError, distribute.DistributeError)
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (UsageError, tfds_data.DatasetUnavailable, tfds_data.FeatureError,
-            text_data.DataError, distribute.DistributeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    run(build_parser().parse_args(argv))
     return 0
 
 

@@ -7,7 +7,7 @@ long-range dependencies everywhere: the task where the paper's BN-LSTM
 shines (LSTM 90.2% vs BN-LSTM 95.4% test accuracy).
 
     python examples/sequential_mnist.py --dataset digits --cell all
-    python examples/sequential_mnist.py --dataset mnist --permute --cell batch_norm
+    python examples/sequential_mnist.py --dataset mnist --permute --cell batch_norm_lstm
 
 With `--cell all` the three cells train with the same seed and budget; the
 script prints a table beside the paper's figures and writes to --output-dir:
@@ -17,7 +17,6 @@ script prints a table beside the paper's figures and writes to --output-dir:
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -33,14 +32,17 @@ if __package__ in (None, ""):
     # (ahead of any other top-level `examples` package installed in the venv).
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CELLS = ("lstm", "layer_norm", "batch_norm")
-CELL_TITLES = {"lstm": "LSTM", "layer_norm": "LN-LSTM", "batch_norm": "BN-LSTM"}
+from examples.common import arguments  # noqa: E402
+from examples.common.cells import TITLES, cell_option, recurrent_layer  # noqa: E402
+from examples.common.tfds_data import DatasetUnavailable  # noqa: E402
+
+CELLS = ("lstm", "layer_norm_lstm", "batch_norm_lstm")
 
 # Cooijmans et al. 2016, Table 1: test accuracy (%) on full-size MNIST
 # (784 steps, hidden 100). The LN paper reports no sequential-MNIST figure.
 PAPER_TEST_ACCURACY = {
-    False: {"lstm": 98.9, "batch_norm": 99.0},
-    True: {"lstm": 90.2, "batch_norm": 95.4},
+    False: {"lstm": 98.9, "batch_norm_lstm": 99.0},
+    True: {"lstm": 90.2, "batch_norm_lstm": 95.4},
 }
 
 # Per-dataset defaults. MNIST: the paper's settings (its reference scripts
@@ -52,8 +54,8 @@ DEFAULTS = {
 }
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+def build_parser():
+    parser = arguments.ArgumentParser(
         description=(
             "Train LSTM, layer-normalized LSTM and recurrent batch-normalized "
             "LSTM on pixel-by-pixel digit classification (Cooijmans et al. 2016)."
@@ -73,34 +75,34 @@ def parse_args(argv=None):
         "--permute", action="store_true",
         help="feed the pixels in a fixed random order (seeded by --seed): "
         "the permuted task.")
-    parser.add_argument(
-        "--cell", choices=CELLS + ("all",), default="all",
-        help="lstm: keras.layers.LSTMCell; layer_norm: LN-LSTM; batch_norm: "
+    parser.add_argument("--cell", **cell_option(
+        CELLS, default="all", all_cells=True,
+        help="lstm: keras.layers.LSTM; layer_norm_lstm: LN-LSTM; batch_norm_lstm: "
         "BN-LSTM with per-time-step statistics; all: the three, same seed and "
-        "budget, with a comparison table and plot (default: %(default)s).")
+        "budget, with a comparison table and plot (default: %(default)s)"))
     parser.add_argument(
-        "--units", type=int, default=None,
+        "--units", type=arguments.positive_int, default=None,
         help="hidden units (default: 100 for both datasets, as the paper).")
     parser.add_argument(
-        "--epochs", type=int, default=None,
+        "--epochs", type=arguments.positive_int, default=None,
         help="training epochs per cell (default: 200 for mnist, the reference "
         f"scripts'; {DEFAULTS['digits']['epochs']} for digits).")
     parser.add_argument(
-        "--batch-size", type=int, default=None,
+        "--batch-size", type=arguments.positive_int, default=None,
         help="batch size (default: 100, the paper's).")
     parser.add_argument(
-        "--learning-rate", type=float, default=None,
+        "--learning-rate", type=arguments.positive_float, default=None,
         help="RMSProp learning rate (default: 1e-3, the paper's).")
     parser.add_argument(
-        "--clipnorm", type=float, default=1.0,
+        "--clipnorm", type=arguments.non_negative_float, default=1.0,
         help="clip each gradient to this L2 norm; 0 disables (default: %(default)s, "
         "the paper's).")
     parser.add_argument(
-        "--gamma", type=float, default=0.1,
+        "--gamma", type=arguments.positive_float, default=0.1,
         help="initial value of the BN-LSTM's gains γ (default: %(default)s, the "
         "paper's; it found values <= 0.01 unstable).")
     parser.add_argument(
-        "--h0-noise", type=float, default=0.1,
+        "--h0-noise", type=arguments.non_negative_float, default=0.1,
         help="standard deviation of Gaussian noise added to the BN-LSTM's initial "
         "hidden state during training: the paper's fix for zero-variance "
         "leading pixels (h0 = 0 and x = 0 give a batch variance of 0). "
@@ -114,7 +116,7 @@ def parse_args(argv=None):
         "0.95) alone; they start at mean 0, variance 1 and need a few hundred "
         "batches to forget that, more than a digits run has (default: %(default)s).")
     parser.add_argument(
-        "--statistics-examples", type=int, default=500,
+        "--statistics-examples", type=arguments.positive_int, default=500,
         help="training sequences (a fixed sample, in batches of --batch-size) used by "
         "--population-statistics recompute (default: %(default)s).")
     parser.add_argument(
@@ -123,7 +125,7 @@ def parse_args(argv=None):
         "shuffling; every cell of --cell all uses it "
         "(default: %(default)s).")
     parser.add_argument(
-        "--max-examples", type=int, default=None,
+        "--max-examples", type=arguments.positive_int, default=None,
         help="use at most this many images of each split (quick checks).")
     parser.add_argument(
         "--output-dir", default=None,
@@ -133,32 +135,24 @@ def parse_args(argv=None):
         "--verbose", type=int, choices=(0, 1, 2), default=1,
         help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch "
         "(default: %(default)s).")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    """The arguments, with the dataset's defaults filled in; UsageError if they can't work."""
+    args = build_parser().parse_args(argv)
 
     for name, value in DEFAULTS[args.dataset].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    for name in ("units", "epochs", "batch_size", "max_examples", "statistics_examples"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            parser.error(f"argument --{name.replace('_', '-')}: expected a "
-                         f"positive integer, got {value}")
-    for name in ("learning_rate", "gamma"):
-        if getattr(args, name) <= 0:
-            parser.error(f"argument --{name.replace('_', '-')}: expected a "
-                         f"positive number, got {getattr(args, name)}")
-    for name in ("clipnorm", "h0_noise"):
-        if getattr(args, name) < 0:
-            parser.error(f"argument --{name.replace('_', '-')}: expected a "
-                         f"number >= 0, got {getattr(args, name)}")
     if args.data_dir is not None and args.dataset != "mnist":
-        parser.error("argument --data-dir: only used with --dataset mnist")
+        raise arguments.UsageError("argument --data-dir: only used with --dataset mnist")
     if args.output_dir is None:
         suffix = "_permuted" if args.permute else ""
         args.output_dir = os.path.join("runs", f"sequential_{args.dataset}{suffix}")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        parser.error(f"argument --output-dir: {args.output_dir} exists and is "
-                     "not a directory")
+        raise arguments.UsageError(f"argument --output-dir: {args.output_dir} exists and is "
+                                   "not a directory")
     args.cells = list(CELLS) if args.cell == "all" else [args.cell]
     return args
 
@@ -236,27 +230,6 @@ def zero_states_with_noise_layer():
     return ZeroStatesWithNoise
 
 
-def recurrent_layer(cell, units, timesteps, gamma):
-    """The recurrent layer of `cell`, with the orthogonal input kernel of the
-    paper's MNIST runs (the recurrent kernel is set after build, see
-    `init_recurrent_kernel`)."""
-    keras = _keras()
-    import keras_recnorm
-
-    if cell == "lstm":
-        return keras.layers.RNN(
-            keras.layers.LSTMCell(units, kernel_initializer="orthogonal"), name=cell)
-    if cell == "layer_norm":
-        return keras_recnorm.LayerNormLSTM(units, kernel_initializer="orthogonal", name=cell)
-    if cell == "batch_norm":
-        # One slot of statistics per pixel position; γ for all three normalizations.
-        return keras_recnorm.BatchNormLSTM(
-            units, max_timesteps=timesteps, kernel_initializer="orthogonal",
-            gamma_initializer=keras.initializers.Constant(gamma), name=cell)
-    raise ValueError(f"Received an invalid value for argument `cell`, expected one of "
-                     f"{CELLS}, got {cell!r}.")
-
-
 def init_recurrent_kernel(layer, seed):
     """Identity on the candidate block, orthogonal gate blocks.
 
@@ -291,13 +264,16 @@ def build_models(cell, timesteps, num_classes, args):
 
     keras.utils.set_random_seed(args.seed)
     sequences = keras.Input((timesteps, 1), name="pixels")
-    rnn = recurrent_layer(cell, args.units, timesteps, args.gamma)
+    # The paper's MNIST runs: orthogonal input kernel (the recurrent one is set below);
+    # BN-LSTM: one slot of statistics per pixel position, γ for all three normalizations.
+    rnn = recurrent_layer(cell, args.units, max_timesteps=timesteps, gamma=args.gamma,
+                          kernel_initializer="orthogonal", name=cell)
     classifier = keras.layers.Dense(num_classes, activation="softmax", name="classifier")
     model = keras.Model(sequences, classifier(rnn(sequences)), name=f"sequential_{cell}")
     init_recurrent_kernel(rnn, args.seed)
 
     train_model = model
-    if cell == "batch_norm" and args.h0_noise > 0:
+    if cell == "batch_norm_lstm" and args.h0_noise > 0:
         initial = zero_states_with_noise_layer()(
             state_sizes(rnn), args.h0_noise, seed=args.seed, name="initial_states")
         train_model = keras.Model(
@@ -374,7 +350,7 @@ def train_cell(cell, data, args):
 
     train_model, model = build_models(cell, data.timesteps, data.num_classes, args)
     callbacks = [make_tracker(model)]
-    if cell == "batch_norm" and args.population_statistics == "recompute":
+    if cell == "batch_norm_lstm" and args.population_statistics == "recompute":
         # The statistics of training mode (noise in h0 included), on a fixed sample.
         order = np.random.default_rng(args.seed).permutation(len(data.train))
         sample = data.train.x[order[: args.statistics_examples]]
@@ -425,7 +401,7 @@ def format_table(results, args, timesteps):
     for cell, m in results.items():
         paper = m["paper_test_accuracy"]
         lines.append(
-            f"| {CELL_TITLES[cell]} | {m['best_valid_accuracy']:.3f} | {m['best_epoch']} "
+            f"| {TITLES[cell]} | {m['best_valid_accuracy']:.3f} | {m['best_epoch']} "
             f"| {m['test_accuracy']:.3f} | {m['first_epoch_valid_90'] or '—'} "
             f"| {m['seconds_per_epoch']:.1f} | {f'{paper:.1f}%' if paper else '—'} |")
     lines += [
@@ -444,7 +420,7 @@ def write_report(results, args, timesteps, wall_seconds):
     table = format_table(results, args, timesteps)
     (output / "table.md").write_text(table + "\n")
     plot = plot_curves(
-        {CELL_TITLES[c]: m["history"]["val_accuracy"] for c, m in results.items()},
+        {TITLES[c]: m["history"]["val_accuracy"] for c, m in results.items()},
         output / "validation_accuracy.png",
         title=f"Sequential {'permuted ' if args.permute else ''}{args.dataset} "
         f"({timesteps} steps), hidden {args.units}",
@@ -464,15 +440,10 @@ def write_report(results, args, timesteps, wall_seconds):
     return table, plot
 
 
+@arguments.one_line_errors(DatasetUnavailable)
 def main(argv=None):
     args = parse_args(argv)
-    from examples.common.tfds_data import DatasetUnavailable
-
-    try:
-        data = load_data(args)
-    except DatasetUnavailable as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    data = load_data(args)
     print(f"{args.dataset}: {len(data.train)} train / {len(data.valid)} valid / "
           f"{len(data.test)} test sequences of {data.timesteps} pixels"
           f"{' (permuted)' if args.permute else ''}")
@@ -481,7 +452,7 @@ def main(argv=None):
     output = Path(args.output_dir)
     results = {}
     for cell in args.cells:
-        print(f"\n== {CELL_TITLES[cell]} ==")
+        print(f"\n== {TITLES[cell]} ==")
         results[cell], model = train_cell(cell, data, args)
         (output / cell).mkdir(parents=True, exist_ok=True)
         model.save(output / cell / "model.keras")

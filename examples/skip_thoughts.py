@@ -19,7 +19,6 @@ encoder for TF Serving), `history.csv` (loss and perplexity per epoch), `perplex
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import sys
@@ -37,38 +36,21 @@ from keras import ops  # noqa: E402
 
 import keras_recnorm  # noqa: E402
 from keras_recnorm.export import export_saved_model  # noqa: E402
-from examples.common import distribute, tfds_data  # noqa: E402
+from examples.common import arguments, distribute, text_data, tfds_data  # noqa: E402
+from examples.common.arguments import UsageError  # noqa: E402
+from examples.common.cells import cell_option, recurrent_layer  # noqa: E402
 from examples.common.plotting import plot_curves  # noqa: E402
 from examples.common.sentences import build_triples, split_sentences  # noqa: E402
 
 CELLS = ("layer_norm_gru", "gru", "layer_norm_lstm", "batch_norm_lstm", "lstm")
-
-
-class UsageError(ValueError):
-    """Bad input; main() prints its message as one line and exits with status 2."""
-
 
 # --------------------------------------------------------------------------------------------
 # Arguments
 # --------------------------------------------------------------------------------------------
 
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def positive_float(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
-
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arguments.ArgumentParser(description=__doc__.split("\n\n")[0])
     data = parser.add_argument_group("corpus")
     data.add_argument(
         "--dataset", default="tiny_shakespeare",
@@ -83,14 +65,14 @@ def build_parser():
                       help="TFDS split to train on (default: train).")
     data.add_argument("--eval-split", default=None,
                       help="TFDS split for validation perplexity (default: validation, else test).")
-    data.add_argument("--max-documents", type=positive_int, default=None,
+    data.add_argument("--max-documents", type=arguments.positive_int, default=None,
                       help="Read at most this many documents per split (pg19 books are large; "
                            "default: all).")
     data.add_argument(
-        "--text-files", nargs="+", default=None, metavar="FILE",
+        "--text-files", nargs="+", type=arguments.existing_file, default=None, metavar="FILE",
         help="Train on local UTF-8 (or Latin-1) text files instead of TFDS; each file is one "
              "document, and the last --valid-fraction of its sentences is held out.")
-    data.add_argument("--valid-fraction", type=float, default=0.1,
+    data.add_argument("--valid-fraction", type=arguments.proper_fraction, default=0.1,
                       help="With --text-files: the share of each file's sentences, at its end, "
                            "used for validation (default: %(default)s).")
     data.add_argument("--keep-labels", action="store_true",
@@ -99,35 +81,36 @@ def build_parser():
                            "examples/common/sentences.py for the splitting rule.")
 
     model = parser.add_argument_group("model (Kiros et al. 2015's values in brackets)")
-    model.add_argument("--cell", choices=CELLS, default="layer_norm_gru",
-                       help="Encoder RNN; its final hidden state is the thought vector "
-                            "(default: %(default)s).")
+    model.add_argument("--cell", **cell_option(
+        CELLS, default="layer_norm_gru",
+        help="Encoder RNN; its final hidden state is the thought vector (default: "
+             "%(default)s)"))
     model.add_argument(
-        "--units", type=positive_int, default=256,
+        "--units", type=arguments.positive_int, default=256,
         help="Encoder and decoder units (default: %(default)s) [2400]. The default is sized "
              "for a CPU: a few minutes per epoch of tiny_shakespeare on two cores. Use 2400 "
              "with a GPU and a book-sized corpus.")
-    model.add_argument("--vocab-size", type=positive_int, default=20000,
+    model.add_argument("--vocab-size", type=arguments.positive_int, default=20000,
                        help="TextVectorization vocabulary size, padding and OOV included "
                             "(default: %(default)s) [20000].")
-    model.add_argument("--embedding-dim", type=positive_int, default=620,
+    model.add_argument("--embedding-dim", type=arguments.positive_int, default=620,
                        help="Word embedding size, shared by encoder and decoders "
                             "(default: %(default)s) [620].")
-    model.add_argument("--max-length", type=positive_int, default=30,
+    model.add_argument("--max-length", type=arguments.positive_int, default=30,
                        help="Words kept per sentence in training (default: %(default)s) [30]; "
                             "also the number of per-step statistics of batch_norm_lstm.")
 
     train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=positive_int, default=10,
+    train.add_argument("--epochs", type=arguments.positive_int, default=10,
                        help="Passes over the triples (default: %(default)s).")
-    train.add_argument("--batch-size", type=positive_int, default=64,
+    train.add_argument("--batch-size", type=arguments.positive_int, default=64,
                        help="Triples per update (default: %(default)s) [64].")
-    train.add_argument("--learning-rate", type=positive_float, default=1e-3,
+    train.add_argument("--learning-rate", type=arguments.positive_float, default=1e-3,
                        help="Adam step size (default: %(default)s).")
-    train.add_argument("--clipnorm", type=positive_float, default=5.0,
+    train.add_argument("--clipnorm", type=arguments.positive_float, default=5.0,
                        help="Clip the gradient of each weight to this norm, Keras's clipnorm "
                             "(default: %(default)s) [Kiros et al. clip the global norm at 5].")
-    train.add_argument("--steps-per-epoch", type=positive_int, default=None,
+    train.add_argument("--steps-per-epoch", type=arguments.positive_int, default=None,
                        help="Updates per epoch (default: one pass over the triples).")
     train.add_argument("--seed", type=int, default=1234,
                        help="Seed for weights and shuffling (default: %(default)s).")
@@ -139,7 +122,7 @@ def build_parser():
     out.add_argument("--output-dir", default=None,
                      help="Where outputs and the resume checkpoint go "
                           "(default: runs/skip_thoughts/CELL).")
-    out.add_argument("--export-version", type=positive_int, default=None,
+    out.add_argument("--export-version", type=arguments.positive_int, default=None,
                      help="SavedModel version directory (default: one more than the largest "
                           "already in OUTPUT_DIR/saved_model, 1 if none).")
     out.add_argument("--no-export-check", action="store_true",
@@ -154,33 +137,14 @@ def build_parser():
 # --------------------------------------------------------------------------------------------
 
 
-def read_text_file(path):
-    data = Path(path).read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
-
-
 def load_documents(args):
     """Returns (train_documents, valid_documents): lists of document strings."""
-    if args.text_files:
-        if not 0 < args.valid_fraction < 1:
-            raise UsageError(
-                f"--valid-fraction must be between 0 and 1, got {args.valid_fraction}.")
-        documents = []
-        for path in args.text_files:
-            if not Path(path).is_file():
-                raise UsageError(f"--text-files: no such file: {path}")
-            documents.append(read_text_file(path))
-        return documents, None  # validation is cut from each file's sentences
-    try:
-        builder = tfds_data.ensure_available(args.dataset, args.data_dir,
-                                             local_option="--text-files")
-        text_key, _ = tfds_data.find_text_and_label(builder.info.features, args.text_key)
-        splits = tfds_data.choose_splits(builder.info, args.train_split, args.eval_split)
-    except (tfds_data.DatasetUnavailable, tfds_data.FeatureError) as error:
-        raise UsageError(str(error)) from None
+    if args.text_files:  # validation is cut from each file's sentences
+        return [text_data.read_text(path) for path in args.text_files], None
+    builder = tfds_data.ensure_available(args.dataset, args.data_dir,
+                                         local_option="--text-files")
+    text_key, _ = tfds_data.find_text_and_label(builder.info.features, args.text_key)
+    splits = tfds_data.choose_splits(builder.info, args.train_split, args.eval_split)
 
     def load(split):
         return tfds_data.load_text_split(args.dataset, split, args.data_dir, text_key, None,
@@ -304,57 +268,6 @@ def make_dataset(ids, triples, eos_id, batch_size, *, shuffle, seed, repeat=Fals
 # --------------------------------------------------------------------------------------------
 
 
-def encoder_rnn(cell, units, max_length):
-    """The encoder RNN layer for --cell; it returns the final hidden state h (the thought).
-
-    The normalized encoders are keras_recnorm's whole-sequence layers; BatchNormLSTM leaves
-    padded sentences out of its per-step statistics, which it keeps for `max_length` steps
-    (longer sentences use the last step's statistics).
-    """
-    if cell not in CELLS:
-        raise UsageError(f"Unknown --cell {cell!r}; expected one of {', '.join(CELLS)}.")
-    if cell == "batch_norm_lstm":
-        return keras_recnorm.BatchNormLSTM(units, max_timesteps=max_length, name="encoder_rnn")
-    layer = {
-        "layer_norm_gru": keras_recnorm.LayerNormGRU,
-        "gru": keras.layers.GRU,
-        "layer_norm_lstm": keras_recnorm.LayerNormLSTM,
-        "lstm": keras.layers.LSTM,
-    }[cell]
-    return layer(units, name="encoder_rnn")
-
-
-def build_models(vocab_size, args):
-    """Returns (training model, token encoder): ids -> logits of both decoders; ids -> vector.
-
-    As in Kiros et al.'s code, the encoder and both decoders share the word embeddings, and
-    the two decoders (plain GRUs, so that comparisons isolate the encoder) share the output
-    projection over the vocabulary. Id `vocab_size`, one past the vectorizer's vocabulary, is
-    EOS: the decoders' first input and last target.
-    """
-    embedding = keras.layers.Embedding(vocab_size + 1, args.embedding_dim, mask_zero=True,
-                                       name="word_embedding")
-    rnn = encoder_rnn(args.cell, args.units, args.max_length)
-
-    tokens = keras.Input((None,), dtype="int32", name="tokens")
-    token_encoder = keras.Model(tokens, rnn(embedding(tokens)), name="token_encoder")
-
-    current = keras.Input((None,), dtype="int32", name="current")
-    previous_in = keras.Input((None,), dtype="int32", name="previous_in")
-    next_in = keras.Input((None,), dtype="int32", name="next_in")
-    thought = token_encoder(current)
-    projection = keras.layers.Dense(vocab_size + 1, name="vocabulary_projection")
-    logits = []
-    for name, words in (("previous_decoder", previous_in), ("next_decoder", next_in)):
-        conditioned = ConditionOnThought(name=f"{name}_input")([embedding(words), thought])
-        decoded = keras.layers.GRU(args.units, return_sequences=True, name=name)(conditioned)
-        logits.append(projection(decoded))
-    both = keras.layers.Concatenate(axis=1, name="both_decoders")(logits)
-    model = keras.Model({"current": current, "previous_in": previous_in, "next_in": next_in},
-                        both, name="skip_thoughts")
-    return model, token_encoder
-
-
 class ConditionOnThought(keras.layers.Layer):
     """Concatenates the thought vector (batch, units) to every step of (batch, time, dim).
 
@@ -379,6 +292,41 @@ class ConditionOnThought(keras.layers.Layer):
     def compute_output_shape(self, input_shapes):
         words, thought = input_shapes
         return (*words[:-1], words[-1] + thought[-1])
+
+
+def build_models(vocab_size, args):
+    """Returns (training model, token encoder): ids -> logits of both decoders; ids -> vector.
+
+    As in Kiros et al.'s code, the encoder and both decoders share the word embeddings, and
+    the two decoders (plain GRUs, so that comparisons isolate the encoder) share the output
+    projection over the vocabulary. Id `vocab_size`, one past the vectorizer's vocabulary, is
+    EOS: the decoders' first input and last target.
+    """
+    embedding = keras.layers.Embedding(vocab_size + 1, args.embedding_dim, mask_zero=True,
+                                       name="word_embedding")
+    # The encoder returns its final hidden state h, the thought vector. BatchNormLSTM leaves
+    # padded sentences out of its per-step statistics, which it keeps for `max_length`
+    # steps (longer sentences use the last step's).
+    rnn = recurrent_layer(args.cell, args.units, max_timesteps=args.max_length,
+                          name="encoder_rnn")
+
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    token_encoder = keras.Model(tokens, rnn(embedding(tokens)), name="token_encoder")
+
+    current = keras.Input((None,), dtype="int32", name="current")
+    previous_in = keras.Input((None,), dtype="int32", name="previous_in")
+    next_in = keras.Input((None,), dtype="int32", name="next_in")
+    thought = token_encoder(current)
+    projection = keras.layers.Dense(vocab_size + 1, name="vocabulary_projection")
+    logits = []
+    for name, words in (("previous_decoder", previous_in), ("next_decoder", next_in)):
+        conditioned = ConditionOnThought(name=f"{name}_input")([embedding(words), thought])
+        decoded = keras.layers.GRU(args.units, return_sequences=True, name=name)(conditioned)
+        logits.append(projection(decoded))
+    both = keras.layers.Concatenate(axis=1, name="both_decoders")(logits)
+    model = keras.Model({"current": current, "previous_in": previous_in, "next_in": next_in},
+                        both, name="skip_thoughts")
+    return model, token_encoder
 
 
 class SummedCrossEntropy(keras.losses.Loss):
@@ -434,16 +382,6 @@ def read_history(path):
         for row in csv.DictReader(f):
             by_epoch[int(row["epoch"])] = {k: float(v) for k, v in row.items() if k != "epoch"}
     return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def main(argv=None, *, extra_callbacks=()):
-    """Runs the script; returns 0. `extra_callbacks` are added to `fit` (tests use them)."""
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args, extra_callbacks)
-    except (UsageError, distribute.DistributeError) as error:
-        print(f"skip_thoughts.py: error: {error}", file=sys.stderr)
-        return 2
 
 
 def run(args, extra_callbacks=()):
@@ -543,6 +481,12 @@ def run(args, extra_callbacks=()):
     print(f"Wrote {output_dir / 'encoder.keras'}, {saved_model}, {history_path}, "
           f"{output_dir / 'perplexity.png'}.")
     return 0
+
+@arguments.one_line_errors(distribute.DistributeError, tfds_data.DatasetUnavailable,
+                           tfds_data.FeatureError)
+def main(argv=None, *, extra_callbacks=()):
+    """Runs the script; returns 0. `extra_callbacks` are added to `fit` (tests use them)."""
+    return run(build_parser().parse_args(argv), extra_callbacks)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ same accuracies.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -46,13 +45,10 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from examples.common import text_data  # noqa: E402
+from examples.common import arguments, text_data, tfds_data  # noqa: E402
+from examples.common.arguments import UsageError  # noqa: E402
 
 BOW = "bow"
-
-
-class UsageError(ValueError):
-    """Bad input; main() prints its message as one line and exits with status 2."""
 
 
 class Task(NamedTuple):
@@ -69,7 +65,7 @@ class Task(NamedTuple):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arguments.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--encoder", action="append", default=[], metavar="NAME=PATH",
         help="An encoder to probe: a .keras file or a SavedModel version directory taking raw "
@@ -85,7 +81,7 @@ def build_parser():
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir for --tfds-task (default: TFDS's own).")
     parser.add_argument("--text-key", default=None, help="Text feature of --tfds-task datasets (found when there is one).")
     parser.add_argument("--label-key", default=None, help="ClassLabel feature of --tfds-task datasets (found when there is one).")
-    parser.add_argument("--max-examples", type=int, default=None,
+    parser.add_argument("--max-examples", type=arguments.positive_int, default=None,
                         help="Use at most this many examples per TFDS split (default: all).")
     parser.add_argument("--folds", type=int, default=10,
                         help="Cross-validation folds for single-file tasks (default: %(default)s).")
@@ -95,7 +91,8 @@ def build_parser():
     parser.add_argument("--no-bow", action="store_true",
                         help="Skip the bag-of-words baseline (binary unigram counts + the same "
                              "logistic regression).")
-    parser.add_argument("--batch-size", type=int, default=256, help="Sentences per encoder call (default: %(default)s).")
+    parser.add_argument("--batch-size", type=arguments.positive_int, default=256,
+                        help="Sentences per encoder call (default: %(default)s).")
     parser.add_argument("--seed", type=int, default=1234, help="Seed for folds and probes (default: %(default)s).")
     parser.add_argument("--output", default=None,
                         help="Write the accuracies (per task, encoder and fold) to this JSON file.")
@@ -127,10 +124,7 @@ def parse_named(value, option):
 
 def read_file(path):
     """`label sentence` lines (or a sentence/label TSV), read by `examples/common/text_data`."""
-    try:
-        data = text_data.read_labeled_sentences(path)
-    except text_data.DataError as error:
-        raise UsageError(str(error)) from None
+    data = text_data.read_labeled_sentences(path)
     if data.skipped:  # custrev.all has four label-only lines; SentEval-style runs drop them
         print(f"{path}: skipped {data.skipped} line(s) with a label but no sentence.")
     return data
@@ -146,46 +140,35 @@ def file_task(spec, folds, seed):
         data = read_file(paths[0])
         classes = text_data.class_names_from(data.labels)
         labels = text_data.encode_labels(data.labels, classes, source=paths[0])
-        try:
-            splits = text_data.stratified_folds(labels, folds, seed)
-        except text_data.DataError as error:
-            raise UsageError(str(error)) from None
+        splits = text_data.stratified_folds(labels, folds, seed)
         return Task(name, data.texts, labels, splits, f"{folds}-fold CV")
     train, test = read_file(paths[0]), read_file(paths[1])
     classes = text_data.class_names_from(train.labels)
-    try:
-        labels = np.concatenate([
-            text_data.encode_labels(train.labels, classes, source=paths[0]),
-            text_data.encode_labels(test.labels, classes, source=paths[1]),
-        ])
-    except text_data.DataError as error:
-        raise UsageError(str(error)) from None
+    labels = np.concatenate([
+        text_data.encode_labels(train.labels, classes, source=paths[0]),
+        text_data.encode_labels(test.labels, classes, source=paths[1]),
+    ])
     n_train = len(train.texts)
     split = (np.arange(n_train), np.arange(n_train, len(labels)))
     return Task(name, train.texts + test.texts, labels, [split], "given split")
 
 
 def tfds_task(name, args):
-    from examples.common import tfds_data
-
-    try:
-        builder = tfds_data.ensure_available(name, args.data_dir, local_option="--task")
-        text_key, label_key = tfds_data.find_text_and_label(
-            builder.info.features, args.text_key, args.label_key)
-        if label_key is None:
-            raise UsageError(f"{name} has no ClassLabel feature to probe; pass --label-key.")
-        splits = tfds_data.choose_splits(builder.info)
-        train_texts, train_labels = tfds_data.load_text_split(
-            name, splits.train, args.data_dir, text_key, label_key, limit=args.max_examples)
-        test_split = splits.test or splits.eval
+    builder = tfds_data.ensure_available(name, args.data_dir, local_option="--task")
+    text_key, label_key = tfds_data.find_text_and_label(
+        builder.info.features, args.text_key, args.label_key)
+    if label_key is None:
+        raise UsageError(f"{name} has no ClassLabel feature to probe; pass --label-key.")
+    splits = tfds_data.choose_splits(builder.info)
+    train_texts, train_labels = tfds_data.load_text_split(
+        name, splits.train, args.data_dir, text_key, label_key, limit=args.max_examples)
+    test_split = splits.test or splits.eval
+    test_texts, test_labels = tfds_data.load_text_split(
+        name, test_split, args.data_dir, text_key, label_key, limit=args.max_examples)
+    if tfds_data.labels_are_unknown(test_labels) and splits.test is not None:
+        test_split = splits.eval  # hidden test labels (GLUE): use the validation split
         test_texts, test_labels = tfds_data.load_text_split(
             name, test_split, args.data_dir, text_key, label_key, limit=args.max_examples)
-        if tfds_data.labels_are_unknown(test_labels) and splits.test is not None:
-            test_split = splits.eval  # hidden test labels (GLUE): use the validation split
-            test_texts, test_labels = tfds_data.load_text_split(
-                name, test_split, args.data_dir, text_key, label_key, limit=args.max_examples)
-    except (tfds_data.DatasetUnavailable, tfds_data.FeatureError) as error:
-        raise UsageError(str(error)) from None
     labels = np.concatenate([train_labels, test_labels])
     n_train = len(train_texts)
     split = (np.arange(n_train), np.arange(n_train, len(labels)))
@@ -358,15 +341,6 @@ def compare_histories(specs, plot_path):
                     ylabel="perplexity (both decoders)")
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as error:
-        print(f"skip_thoughts_eval.py: error: {error}", file=sys.stderr)
-        return 2
-
-
 def run(args):
     try:
         c_grid = [float(c) for c in args.c_grid.split(",")]
@@ -429,6 +403,11 @@ def run(args):
     if args.plot:
         plot_accuracies(results, args.plot)
     return 0
+
+@arguments.one_line_errors(text_data.DataError, tfds_data.DatasetUnavailable,
+                           tfds_data.FeatureError)
+def main(argv=None):
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ tf = pytest.importorskip("tensorflow")
 from examples import sentence_classification as sc  # noqa: E402
 from tests.conftest import run_example  # noqa: E402
 from examples.common import text_data, tfds_data  # noqa: E402
+from examples.common.cells import TITLES  # noqa: E402
 
 TINY = ["--units", "4", "--embedding-dim", "4", "--max-length", "8", "--vocab-size", "60",
         "--epochs", "1", "--batch-size", "8", "--verbose", "0"]
@@ -46,7 +47,8 @@ def run_script(argv, capsys):
 
 
 def error_line(err):
-    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    lines = [line for line in err.strip().splitlines()
+             if line.startswith("sentence_classification.py: error:")]
     assert len(lines) == 1, err
     return lines[0]
 
@@ -121,6 +123,8 @@ def test_help_explains_every_option(capsys):
                    "--distribute", "--cpu-devices", "--coordinator", "--num-processes",
                    "--process-id"):
         assert option in out
+    assert ("older names: layer_norm = layer_norm_lstm, batch_norm = batch_norm_lstm"
+            in " ".join(out.split()))
 
 
 def test_tfds_end_to_end_compares_cells_and_exports_a_model_for_sentences(tmp_path, capsys):
@@ -132,15 +136,15 @@ def test_tfds_end_to_end_compares_cells_and_exports_a_model_for_sentences(tmp_pa
     assert "text 'sentence', label 'label'" in stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["class_names"] == ["negative", "positive"]
-    assert set(metrics["cells"]) == {"lstm", "layer_norm", "batch_norm"}
+    assert set(metrics["cells"]) == {"lstm", "layer_norm_lstm", "batch_norm_lstm"}
     for cell, result in metrics["cells"].items():
         assert 0 <= result["test_accuracy"] <= 1 and result["epochs_trained"] == 1
         assert result["seconds_per_epoch"] > 0
-        assert f"{sc.CELL_TITLES[cell]} " in stdout  # a row of the comparison table
+        assert f"{TITLES[cell]} " in stdout  # a row of the comparison table
     assert metrics["best_cell"] in metrics["cells"]
     with open(out / "history.csv") as f:
         rows = list(csv.DictReader(f))
-    assert sorted(r["cell"] for r in rows) == ["batch_norm", "layer_norm", "lstm"]
+    assert sorted(r["cell"] for r in rows) == ["batch_norm_lstm", "layer_norm_lstm", "lstm"]
     for png in ("validation_accuracy.png", "training_loss.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -203,7 +207,7 @@ def test_local_files_with_a_tsv_validation_file(tmp_path, capsys):
     assert "41 training, 10 validation, 10 test sentences; 2 classes" in stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["class_names"] == ["0", "1"]
-    assert 0 <= metrics["cells"]["layer_norm"]["test_accuracy"] <= 1
+    assert 0 <= metrics["cells"]["layer_norm_lstm"]["test_accuracy"] <= 1  # `layer_norm`: alias
 
 
 def test_normalized_cells_train_with_their_own_learning_rate(tmp_path, capsys):
@@ -219,15 +223,15 @@ def test_normalized_cells_train_with_their_own_learning_rate(tmp_path, capsys):
     assert metrics["arguments"]["normalized_learning_rate"] == 3e-3
     # The rates are read back from each cell's optimizer, not copied from the arguments.
     rates = {cell: result["learning_rate"] for cell, result in metrics["cells"].items()}
-    assert rates == pytest.approx({"lstm": 2e-4, "layer_norm": 3e-3, "batch_norm": 3e-3})
+    assert rates == pytest.approx({"lstm": 2e-4, "layer_norm_lstm": 3e-3, "batch_norm_lstm": 3e-3})
     assert "0.003" in stdout and "0.0002" in stdout  # the table's lr column
 
     # A cell's own rate overrides the normalized cells' rate, for that cell alone.
     for options, expected in [
             (["--normalized-learning-rate", "3e-3", "--layer-norm-learning-rate", "7e-4"],
-             {"lstm": 2e-4, "layer_norm": 7e-4, "batch_norm": 3e-3}),
+             {"lstm": 2e-4, "layer_norm_lstm": 7e-4, "batch_norm_lstm": 3e-3}),
             (["--batch-norm-learning-rate", "5e-3"],
-             {"lstm": 2e-4, "layer_norm": 2e-4, "batch_norm": 5e-3})]:
+             {"lstm": 2e-4, "layer_norm_lstm": 2e-4, "batch_norm_lstm": 5e-3})]:
         status, _, err = run_script(
             ["--train-file", train, "--cell", "all", "--learning-rate", "2e-4", *options,
              "--no-export", "--output-dir", out, *TINY], capsys)
@@ -238,11 +242,11 @@ def test_normalized_cells_train_with_their_own_learning_rate(tmp_path, capsys):
 
     # Without the option every cell takes --learning-rate.
     status, _, err = run_script(
-        ["--train-file", train, "--cell", "layer_norm", "--learning-rate", "2e-4",
+        ["--train-file", train, "--cell", "layer_norm_lstm", "--learning-rate", "2e-4",
          "--no-export", "--output-dir", out, *TINY], capsys)
     assert status == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["cells"]["layer_norm"]["learning_rate"] == pytest.approx(2e-4)
+    assert metrics["cells"]["layer_norm_lstm"]["learning_rate"] == pytest.approx(2e-4)
 
 
 def test_cross_validation_reports_mean_and_std_over_folds(tmp_path, capsys):
@@ -339,7 +343,9 @@ def test_no_network_stops_at_once_with_one_line_and_no_files(tmp_path, capsys, m
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--train-file", "missing.txt"], "--train-file missing.txt: no such file"),
+    (["--train-file", "missing.txt"], "argument --train-file: no such file: missing.txt"),
+    (["--cell", "layer_norm_gru"], "argument --cell: invalid choice: 'layer_norm_gru'"),
+    (["--units", "0"], "argument --units: expected a positive integer, got 0"),
     (["--cv", "5"], "--cv needs --train-file"),
     (["--train-file", __file__, "--cv", "5", "--seeds", "3"], "--cv already averages over folds"),
     (["--dataset", "imdb_review"], "Did you mean imdb_reviews"),
@@ -366,20 +372,20 @@ def run_distributed(argv, backend, cwd, env=None):
 def test_distribute_mirrored_over_two_cpu_devices(tmp_path):
     data = write_label_sentence(tmp_path / "train.txt", 40)
     out = tmp_path / "out"
-    stdout = run_distributed(["--train-file", data, "--cell", "batch_norm", "--no-export",
+    stdout = run_distributed(["--train-file", data, "--cell", "batch_norm_lstm", "--no-export",
                               "--distribute", "mirrored", "--cpu-devices", "2",
                               "--output-dir", out, *TINY], "tensorflow", tmp_path)
     assert "--distribute mirrored: MirroredStrategy over 2 replica(s)" in stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["distribute"] == "MirroredStrategy over 2 replica(s)"
-    assert metrics["cells"]["batch_norm"]["epochs_trained"] == 1
+    assert metrics["cells"]["batch_norm_lstm"]["epochs_trained"] == 1
 
 
 def test_distribute_jax_over_two_devices_saves_the_model(tmp_path):
     data = write_label_sentence(tmp_path / "train.txt", 40)
     out = tmp_path / "out"
     # 36 training and 4 validation sentences: whole batches of 4 on 2 devices.
-    argv = ["--train-file", data, "--cell", "batch_norm", "--distribute", "jax",
+    argv = ["--train-file", data, "--cell", "batch_norm_lstm", "--distribute", "jax",
             "--output-dir", out, *TINY, "--batch-size", "4"]
     stdout = run_distributed(argv, "jax", tmp_path,
                              {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})

@@ -12,6 +12,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from examples import sequential_mnist  # noqa: E402
+from examples.common.cells import TITLES  # noqa: E402
 from examples.common import pixel_sequences  # noqa: E402
 from examples.common.pixel_sequences import (  # noqa: E402
     load_digits_sequences,
@@ -100,11 +101,22 @@ def test_mnist_unprepared_and_offline_exits_2_with_one_line(tmp_path, monkeypatc
     ["--data-dir", "x"],  # digits needs no data directory
 ])
 def test_bad_arguments_exit_2(argv, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        sequential_mnist.main(argv + ["--output-dir", str(tmp_path / "run")])
-    assert exit_info.value.code == 2
-    assert "error:" in capsys.readouterr().err
+    assert sequential_mnist.main(argv + ["--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sequential_mnist.py: error: argument {argv[0]}")
+    assert err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_cell_names_and_their_aliases():
+    args = sequential_mnist.parse_args(["--cell", "batch_norm", "--output-dir", "unused"])
+    assert args.cells == ["batch_norm_lstm"]
+    args = sequential_mnist.parse_args(["--cell", "layer_norm_lstm", "--output-dir", "unused"])
+    assert args.cells == ["layer_norm_lstm"]
+    assert sequential_mnist.parse_args(["--output-dir", "unused"]).cells == [
+        "lstm", "layer_norm_lstm", "batch_norm_lstm"]
+    help_text = " ".join(sequential_mnist.build_parser().format_help().split())
+    assert "older names: layer_norm = layer_norm_lstm, batch_norm = batch_norm_lstm" in help_text
 
 
 # --- model ------------------------------------------------------------------
@@ -112,7 +124,7 @@ def test_bad_arguments_exit_2(argv, tmp_path, capsys):
 
 def test_recurrent_kernel_is_identity_on_the_candidate_block():
     args = sequential_mnist.parse_args(["--units", "6", "--output-dir", "unused"])
-    _, model = sequential_mnist.build_models("layer_norm", 10, 10, args)
+    _, model = sequential_mnist.build_models("layer_norm_lstm", 10, 10, args)
     (kernel,) = [w for w in model.weights if w.name == "recurrent_kernel"]
     i, f, g, o = np.split(np.asarray(kernel), 4, axis=1)
     np.testing.assert_allclose(g, np.eye(6), atol=1e-6)
@@ -122,7 +134,7 @@ def test_recurrent_kernel_is_identity_on_the_candidate_block():
 
 def test_bn_initial_state_noise_only_in_training():
     args = sequential_mnist.parse_args(["--units", "5", "--output-dir", "unused"])
-    train_model, model = sequential_mnist.build_models("batch_norm", 8, 10, args)
+    train_model, model = sequential_mnist.build_models("batch_norm_lstm", 8, 10, args)
     assert train_model is not model
     (noise,) = [layer for layer in train_model.layers if layer.name == "initial_states"]
     assert "initial_states" not in [layer.name for layer in model.layers]
@@ -134,7 +146,7 @@ def test_bn_initial_state_noise_only_in_training():
     assert not any(np.any(np.asarray(s)) for s in noise(x, training=False))
 
     args = sequential_mnist.parse_args(["--h0-noise", "0", "--output-dir", "unused"])
-    train_model, model = sequential_mnist.build_models("batch_norm", 8, 10, args)
+    train_model, model = sequential_mnist.build_models("batch_norm_lstm", 8, 10, args)
     assert train_model is model
 
 
@@ -179,7 +191,7 @@ def test_tiny_cell_all_run_writes_table_plot_and_models(tiny_run):
     assert status == 0
 
     metrics = json.loads((output / "metrics.json").read_text())
-    assert list(metrics["cells"]) == ["lstm", "layer_norm", "batch_norm"]
+    assert list(metrics["cells"]) == ["lstm", "layer_norm_lstm", "batch_norm_lstm"]
     assert metrics["timesteps"] == 64 and metrics["wall_seconds"] > 0
     for cell, m in metrics["cells"].items():
         assert len(m["history"]["val_accuracy"]) == 2
@@ -216,7 +228,7 @@ def test_demo_exports_the_best_cell_and_serves_one_digit(tiny_run):
     metrics = json.loads((output / "metrics.json").read_text())
     cells = metrics["cells"]
     best = max(cells, key=lambda c: cells[c]["best_valid_accuracy"])
-    assert f"best validation accuracy: {sequential_mnist.CELL_TITLES[best]}" in printed
+    assert f"best validation accuracy: {TITLES[best]}" in printed
     assert (output / "export" / "1" / "saved_model.pb").exists()
     served = [line for line in printed.splitlines() if "export/predict.py on the first" in line]
     assert len(served) == 1 and "predicted" in served[0]

@@ -16,6 +16,8 @@ docs/distributed_training.md for which statistics each mode normalizes with in t
 import contextlib
 from pathlib import Path
 
+from examples.common.arguments import positive_int
+
 CHOICES = ("none", "mirrored", "jax")
 
 
@@ -34,7 +36,7 @@ def add_arguments(parser):
              "KERAS_BACKEND=jax; several machines with --coordinator, --num-processes and "
              "--process-id (default: none)")
     group.add_argument(
-        "--cpu-devices", type=_positive_int, default=None, metavar="N",
+        "--cpu-devices", type=positive_int, default=None, metavar="N",
         help="with --distribute mirrored: split the CPU into N logical devices, one replica "
              "each (to try data parallelism on a machine without GPUs; default: the GPUs, "
              "else the one CPU)")
@@ -43,25 +45,13 @@ def add_arguments(parser):
         help="with --distribute jax and --num-processes > 1: address of process 0, which "
              "every process connects to (e.g. 10.0.0.1:1234; 127.0.0.1:PORT on one machine)")
     group.add_argument(
-        "--num-processes", type=_positive_int, default=1, metavar="N",
+        "--num-processes", type=positive_int, default=1, metavar="N",
         help="with --distribute jax: number of processes taking part; start the same command "
              "in each, with its own --process-id (default: 1)")
     group.add_argument(
         "--process-id", type=int, default=0, metavar="I",
         help="with --distribute jax: this process's rank, 0 to N-1; process 0 writes the "
              "outputs, process I > 0 writes to OUTPUT_DIR/process-I (default: 0)")
-
-
-def _positive_int(text):
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 class Setup:

@@ -3,7 +3,7 @@
 Usage:
 
     from examples.common.plotting import plot_curves
-    plot_curves({"lstm": [0.5, 0.7], "layer_norm": [0.6, 0.8]},
+    plot_curves({"lstm": [0.5, 0.7], "layer_norm_lstm": [0.6, 0.8]},
                 "runs/demo/validation_accuracy.png",
                 title="Sequential digits", ylabel="validation accuracy")
 """

@@ -33,11 +33,19 @@ class LabeledText(NamedTuple):
     skipped: int = 0  # lines with a label but no sentence (custrev.all has 4)
 
 
-def _decode(raw: bytes) -> str:
+def decode(raw: bytes) -> str:
+    """`raw` as UTF-8, else as Latin-1 (every byte string is valid Latin-1): the sentence
+    files of the examples are one or the other, sometimes line by line."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The whole file at `path`, decoded by `decode`."""
+    with open(path, "rb") as f:
+        return decode(f.read())
 
 
 def read_labeled_sentences(path: str | os.PathLike) -> LabeledText:
@@ -50,7 +58,7 @@ def read_labeled_sentences(path: str | os.PathLike) -> LabeledText:
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
-            lines = [_decode(raw).rstrip("\r\n") for raw in f]
+            lines = [decode(raw).rstrip("\r\n") for raw in f]
     except OSError as error:
         raise DataError(f"Can't read {path}: {error.strerror or error}.") from None
     numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]

@@ -33,6 +33,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from examples.common import text_data
+
 # Hosts a TFDS download needs first: its own mirror of prepared datasets on GCS.
 DEFAULT_PROBE_HOSTS = (("storage.googleapis.com", 443),)
 # Split names tried, in order, when the dataset's metadata lists none (mock_data, or a builder
@@ -238,17 +240,20 @@ def find_text_and_label(
     def describe(keys):
         return ", ".join(repr(k) for k in keys) or "none"
 
-    if text_key is not None:
-        if text_key not in names:
+    def check_chosen(key, option, candidates, kind, kind_name):
+        if key not in names:
             raise FeatureError(
-                f"Received {text_option} {text_key!r}, but the dataset has no such feature; "
+                f"Received {option} {key!r}, but the dataset has no such feature; "
                 f"features: {describe(names)}."
             )
-        if text_key not in texts:
+        if key not in candidates:
             raise FeatureError(
-                f"Received {text_option} {text_key!r}, but that feature is "
-                f"{features[text_key]!r}, not text; text features: {describe(texts)}."
+                f"Received {option} {key!r}, but that feature is {features[key]!r}, not "
+                f"{kind}; {kind_name} features: {describe(candidates)}."
             )
+
+    if text_key is not None:
+        check_chosen(text_key, text_option, texts, "text", "text")
     elif len(texts) == 1:
         text_key = texts[0]
     elif not texts:
@@ -263,17 +268,7 @@ def find_text_and_label(
         )
 
     if label_key is not None:
-        if label_key not in names:
-            raise FeatureError(
-                f"Received {label_option} {label_key!r}, but the dataset has no such feature; "
-                f"features: {describe(names)}."
-            )
-        if label_key not in labels:
-            raise FeatureError(
-                f"Received {label_option} {label_key!r}, but that feature is "
-                f"{features[label_key]!r}, not a ClassLabel; ClassLabel features: "
-                f"{describe(labels)}."
-            )
+        check_chosen(label_key, label_option, labels, "a ClassLabel", "ClassLabel")
     elif len(labels) == 1:
         label_key = labels[0]
     elif len(labels) > 1:
@@ -350,12 +345,7 @@ def labels_are_unknown(labels) -> bool:
 
 
 def _decode(value) -> str:
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return value.decode("latin-1")
-    return str(value)
+    return text_data.decode(value) if isinstance(value, bytes) else str(value)
 
 
 def load_text_split(
