@@ -58,7 +58,7 @@ def forward_recurrence(forward, inputs, mask, initial_states, weights):
     """`recurrence` forward only, for inference: no residuals saved, no statistics, no
     custom gradient (the backend can still differentiate the loop). `inputs` may also be
     a tuple of time-major tensors: `forward` then gets the tuple of their steps (the BN
-    layers: the projected input and each sample's statistics slot). Returns
+    layers: each step's input, next slots and mask). Returns
     `(hs, last_states)`."""
     steps = _Steps(forward, None, len(initial_states))
     initial_states, weights = tuple(initial_states), tuple(weights)
