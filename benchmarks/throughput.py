@@ -19,6 +19,7 @@ Usage:
     python benchmarks/throughput.py                      # every layer, the three shapes
     python benchmarks/throughput.py --backend jax        # the same on JAX
     python benchmarks/throughput.py --only LayerNormGRU --shape 32,200,64,128
+    python benchmarks/throughput.py --mode infer         # inference steps only
     python benchmarks/throughput.py --quick              # smoke run: checks it works
 """
 
@@ -135,19 +136,21 @@ class Runner:
         return time.perf_counter() - start
 
 
-def best_runner(name, shape, trials, jit_settings):
+def best_runner(name, shape, trials, jit_settings, methods=("train", "infer")):
     """Builds the candidate with each `jit_compile` setting; keeps the one fastest at
-    training, timing the settings alternately so that drift favours neither."""
+    the first of `methods` (training, unless only inference is measured), timing the
+    settings alternately so that drift favours neither."""
     runners = [Runner(name, shape, jit) for jit in jit_settings]
     for runner in runners:
         for _ in range(2):  # compile and warm up
-            runner.train(), runner.infer()
+            for method in methods:
+                getattr(runner, method)()
     if len(runners) == 1:
         return runners[0]
     times = [[] for _ in runners]
     for _ in range(trials):
         for runner, record in zip(runners, times):
-            record.append(runner.train())
+            record.append(getattr(runner, methods[0])())
     medians = [statistics.median(record) for record in times]
     return runners[medians.index(min(medians))]
 
@@ -189,36 +192,32 @@ def matmul_rate(shape):
     return 2 * batch * steps * (features + units) * 4 * units / min(times[1:])
 
 
-def benchmark_shape(shape, names, repeats, trials, jit_settings):
+def benchmark_shape(shape, names, repeats, trials, jit_settings, methods=("train", "infer")):
+    """One row per candidate: its ratio and time per step for each of `methods` (None
+    for a method not measured)."""
     rate = matmul_rate(shape)
     baselines = {}
     rows = []
     for name in names:
         twin = TWINS[name]
         if twin not in baselines:
-            baselines[twin] = best_runner(twin, shape, trials, jit_settings)
+            baselines[twin] = best_runner(twin, shape, trials, jit_settings, methods)
         baseline = baselines[twin]
-        if name == twin:
-            candidate = baseline
-            train_ratio = infer_ratio = 1.0
-            train_s = statistics.median(baseline.train() for _ in range(repeats))
-            infer_s = statistics.median(baseline.infer() for _ in range(repeats))
-        else:
-            candidate = best_runner(name, shape, trials, jit_settings)
-            train_ratio, train_s = alternating_ratios(candidate, baseline, "train", repeats)
-            infer_ratio, infer_s = alternating_ratios(candidate, baseline, "infer", repeats)
-        rows.append(
-            {
-                "name": name,
-                "twin": twin,
-                "jit_compile": candidate.jit_compile,
-                "train_ratio": train_ratio,
-                "infer_ratio": infer_ratio,
-                "train_ms": 1e3 * train_s,
-                "infer_ms": 1e3 * infer_s,
-                "train_roofline": matmul_flops(name, shape, True) / rate / train_s,
-            }
-        )
+        candidate = baseline if name == twin else best_runner(name, shape, trials, jit_settings, methods)
+        row = {"name": name, "twin": twin, "jit_compile": candidate.jit_compile}
+        for method in ("train", "infer"):
+            ratio = seconds = None
+            if method in methods and name == twin:
+                ratio = 1.0
+                seconds = statistics.median(getattr(baseline, method)() for _ in range(repeats))
+            elif method in methods:
+                ratio, seconds = alternating_ratios(candidate, baseline, method, repeats)
+            row[f"{method}_ratio"] = ratio
+            row[f"{method}_ms"] = None if seconds is None else 1e3 * seconds
+        row["train_roofline"] = None
+        if row["train_ms"] is not None:
+            row["train_roofline"] = matmul_flops(name, shape, True) / rate / (row["train_ms"] / 1e3)
+        rows.append(row)
         print(f"  measured {name}", file=sys.stderr, flush=True)
     return rows
 
@@ -229,11 +228,16 @@ def print_table(shape, rows):
     header = f"{'layer':<24}{'twin':<19}{'jit':>6}{'train ratio':>13}{'train ms':>10}"
     header += f"{'roofline':>10}{'infer ratio':>13}{'infer ms':>10}"
     print(header)
+
+    def figure(value, width, style):
+        return f"{'-' if value is None else format(value, style):>{width}}"
+
     for row in rows:
         print(
             f"{row['name']:<24}{row['twin']:<19}{str(row['jit_compile']):>6}"
-            f"{row['train_ratio']:>13.2f}{row['train_ms']:>10.1f}{row['train_roofline']:>9.0%} "
-            f"{row['infer_ratio']:>13.2f}{row['infer_ms']:>10.1f}"
+            f"{figure(row['train_ratio'], 13, '.2f')}{figure(row['train_ms'], 10, '.1f')}"
+            f"{figure(row['train_roofline'], 9, '.0%')} "
+            f"{figure(row['infer_ratio'], 13, '.2f')}{figure(row['infer_ms'], 10, '.1f')}"
         )
 
 
@@ -337,6 +341,14 @@ def parse_args(argv):
         "faster per model, and means 'on' on JAX and 'off' on torch; 'on'/'off' force it",
     )
     parser.add_argument(
+        "--mode",
+        choices=["both", "train", "infer"],
+        default="both",
+        help="what to time: training and inference steps (default), or only one of them "
+        "('-' in the other columns); with 'infer' the jit_compile setting is chosen by "
+        "inference time",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help=f"smoke run: shape {QUICK_SHAPE}, 2 repeats, no XLA on TensorFlow, every "
@@ -356,6 +368,7 @@ def parse_args(argv):
     args.only = args.only or DEFAULT
     best = {"tensorflow": (True, False), "jax": (True,), "torch": (False,)}[args.backend]
     args.jit_settings = {"best": best, "on": (True,), "off": (False,)}[args.jit_compile]
+    args.methods = {"both": ("train", "infer"), "train": ("train",), "infer": ("infer",)}[args.mode]
     return args
 
 
@@ -369,7 +382,8 @@ def main(argv=None):
     for name in args.only:
         names += [n for n in (TWINS[name], name) if n not in names]
     for shape in args.shape:
-        print_table(shape, benchmark_shape(shape, names, args.repeats, args.trials, args.jit_settings))
+        rows = benchmark_shape(shape, names, args.repeats, args.trials, args.jit_settings, args.methods)
+        print_table(shape, rows)
 
 
 if __name__ == "__main__":

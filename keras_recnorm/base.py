@@ -491,15 +491,21 @@ class NormalizedRNN(keras.layers.RNN):
         )
         return ops.transpose(hs, (1, 0, 2)), last_states, statistics
 
-    def forward_loop(self, inputs, states, mask):
+    def forward_loop(self, inputs, states, mask, forward=None, weights=None):
         """`fused_loop` forward only (inference): no residuals kept, no statistics.
+        `forward` and `weights` default to the cell's `step_forward` and `step_weights()`;
+        `inputs` may be a tuple of batch-major per-step inputs of `forward`.
         Returns `(hs, last_states)`."""
         step_mask = None
         if mask is not None:
-            step_mask = ops.expand_dims(ops.transpose(ops.cast(mask, inputs.dtype)), -1)
-        weights = [ops.copy(w) for w in self.cell.step_weights()]
+            step_mask = ops.expand_dims(ops.transpose(ops.cast(mask, states[0].dtype)), -1)
+        weights = [ops.copy(w) for w in (weights or self.cell.step_weights())]
+        if isinstance(inputs, tuple):
+            inputs = tuple(ops.swapaxes(a, 0, 1) for a in inputs)
+        else:
+            inputs = ops.swapaxes(inputs, 0, 1)
         hs, last_states = forward_recurrence(
-            self.cell.step_forward, ops.transpose(inputs, (1, 0, 2)), step_mask, tuple(states), weights
+            forward or self.cell.step_forward, inputs, step_mask, tuple(states), weights
         )
         return ops.transpose(hs, (1, 0, 2)), last_states
 

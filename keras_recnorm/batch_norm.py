@@ -40,6 +40,7 @@ from keras_recnorm.normalization import (
     statistics_dtype,
     step_slots,
 )
+from keras_recnorm.recurrence import keep_padded
 
 register = keras.saving.register_keras_serializable(package="keras_recnorm")
 
@@ -571,7 +572,7 @@ class _BatchNormSequence(NormalizedRNN):
     recurrent term and the cell state, normalized with statistics over the unpadded
     samples of that step. After the loop: one update of the population statistics from
     the unnormalized terms the loop returns, so no slot is moved twice and no variable is
-    written inside the loop (which JAX forbids).
+    written inside the loop (which JAX forbids). Inference: `_population_loop`.
     """
 
     def __init__(self, units, max_timesteps, **kwargs):
@@ -592,7 +593,8 @@ class _BatchNormSequence(NormalizedRNN):
         # would stop counting (bfloat16 at 256, float16 at 2048). The counter goes past
         # that cast in float32 (exact to 2**24): `inner_loop` reads it from here, and the
         # exact final counter replaces the cast one in the result and in a stateful
-        # layer's states.
+        # layer's states. Where no counter is given or carried, every sample starts at 0.
+        starts_at_zero = True
         if initial_state is not None:
             initial_state = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
             expected = len(self.cell.state_size)
@@ -600,7 +602,9 @@ class _BatchNormSequence(NormalizedRNN):
                 # As keras.layers.LSTM/GRU take them: the counter starts at 0.
                 batch = ops.shape(initial_state[0])[0]
                 initial_state.append(ops.zeros((batch, 1)))
-            elif len(initial_state) != expected:
+            elif len(initial_state) == expected:
+                starts_at_zero = False
+            else:
                 raise ValueError(
                     f"{type(self).__name__}: `initial_state` must be {self.cell.state_names} "
                     f"or, starting the step counter at 0, without `step`; got "
@@ -608,10 +612,11 @@ class _BatchNormSequence(NormalizedRNN):
                 )
             counter = initial_state[-1]
         elif self.stateful and self.states is not None:
-            counter = self.states[-1]
+            counter, starts_at_zero = self.states[-1], False
         else:
             counter = ops.zeros((ops.shape(sequences)[0], 1))
-        self._step_counter = [ops.cast(counter, "float32"), None]
+        # [the counter before the loop, after it (set by `inner_loop`), all start at 0]
+        self._step_counter = [ops.cast(counter, "float32"), None, starts_at_zero]
         try:
             result = super().call(sequences, initial_state=initial_state, mask=mask, training=training)
             final_counter = self._step_counter[1]
@@ -626,10 +631,11 @@ class _BatchNormSequence(NormalizedRNN):
     def inner_loop(self, sequences, initial_state, mask, training=False):
         cell = self.cell
         initial_state = list(initial_state[:-1]) + [self._step_counter[0]]
-        if not cell.uses_batch_statistics(training):
-            # Population statistics: nothing to gather, and every sample reads the slots
-            # of its own real steps in Keras's loop too (the step counter is a state, held
-            # at padded steps). That loop, projecting each step, measured faster.
+        inference = not cell.uses_batch_statistics(training)
+        if inference and not self.uses_fused_loop():
+            # Keras's loop over the cell (torch, half precision, other activations,
+            # unroll): every sample reads the slots of its own real steps there too (the
+            # step counter is a state, held at padded steps).
             last_output, outputs, states = super().inner_loop(
                 sequences, initial_state, mask, training=training
             )
@@ -653,18 +659,33 @@ class _BatchNormSequence(NormalizedRNN):
         first_step = initial_state[-1][:, 0]
         timesteps = ops.cast(ops.arange(ops.shape(sequences)[1]), "float32")
         input_slots = step_slots(first_step[:, None] + timesteps[None, :], cell.max_timesteps)
-        projected, input_moments = cell.input_projection(sequences, input_slots, sample_mask, training)
-        if self.uses_fused_loop():
-            hs, last_states, statistics = self.fused_loop(projected, initial_state[:-1], mask, training)
-            states = list(last_states)
+        if inference:
+            hs, states = self._population_loop(sequences, input_slots, initial_state[:-1], mask)
         else:
-            hs, states, statistics = self._generic_loop(projected, initial_state, sample_mask, training)
+            hs, states = self._batch_statistics_loop(
+                sequences, input_slots, initial_state, mask, sample_mask, training
+            )
         real_steps = ops.cast(ops.shape(hs)[1], "float32")
         if mask is not None:
             real_steps = ops.sum(sample_mask, axis=1, keepdims=True)
         states.append(initial_state[-1] + real_steps)
         self._step_counter[1] = states[-1]
         last_output, outputs = states[0], hs
+        if original_mask is not None:
+            last_output, outputs = self._outputs_in_input_order(states[0], outputs, original_mask)
+        return last_output, outputs, states
+
+    def _batch_statistics_loop(self, sequences, input_slots, initial_state, mask, sample_mask, training):
+        """Training: the input term for all steps before the loop, the loop (fused where
+        it can run), then one update of the population statistics. Returns `(hs, final
+        states without the counter)`."""
+        cell = self.cell
+        projected, input_moments = cell.input_projection(sequences, input_slots, sample_mask, training)
+        if self.uses_fused_loop():
+            hs, last_states, statistics = self.fused_loop(projected, initial_state[:-1], mask, training)
+            states = list(last_states)
+        else:
+            hs, states, statistics = self._generic_loop(projected, initial_state, sample_mask, training)
         # The moments after the loop: per term, (count, mean, M2) of every step.
         count = input_moments[0]
         moments = {"input": input_moments}
@@ -673,9 +694,58 @@ class _BatchNormSequence(NormalizedRNN):
         # Each sample's step goes to its own slot (samples of a stateful layer may carry
         # different counters); the statistics of a step are those of all its samples.
         cell.update_statistics(moments, slot_shares(input_slots, sample_mask, cell.max_timesteps))
-        if original_mask is not None:
-            last_output, outputs = self._outputs_in_input_order(states[0], outputs, original_mask)
-        return last_output, outputs, states
+        return hs, states
+
+    def _population_loop(self, sequences, slots, states, mask):
+        """Inference, forward only (`forward_loop`: no residuals, no statistics gathered),
+        over the real-steps-first `sequences`; `slots (B, T)` is each sample's slot at
+        each loop step. Returns `(hs, final states without the counter)`.
+
+        Each step projects and normalizes its own input (the hoisted `(B, T, 4U)` input
+        term measured slower) and gathers each sample's population statistics for the
+        next step, carried as extra states: gathered in the step that uses them, XLA on
+        CPU fuses the gather into every consumer and recomputes it there (measured 2.9×
+        `keras.layers.GRU` against 0.8 carried, docs/throughput.md)."""
+        cell = self.cell
+        n_states = len(states)
+        own = list(cell.step_weights())
+        input_weights = [cell.kernel, cell.input_gamma] + ([cell.bias] if cell.use_bias else [])
+        tables = [v for term in cell.normalized_terms for v in cell.moving(term)]
+        n_own, n_tables = len(own), len(tables)
+        # Every sample started at 0, and real steps come first: all read the same slot.
+        same_slots = self._step_counter[2]
+        # Padded steps come last: a sample's rows held there are never used again.
+        next_slots = ops.concatenate([slots[:, 1:], slots[:, -1:]], axis=1)
+
+        def rows_at(tables, slots_t):
+            return tuple(ops.take(table, slots_t, axis=0) for table in tables)
+
+        def forward(weights, step_inputs, h_in, carried, _):
+            x, slots_next, *mask_t = step_inputs
+            mask_t = mask_t[0] if mask_t else None
+            (kernel, gamma, *bias), tables = weights[n_own:-n_tables], weights[-n_tables:]
+            states, rows = carried[:n_states], carried[n_states:]
+            projected = batch_normalize(ops.matmul(x, kernel), rows[0], rows[1], gamma, None, cell.epsilon)
+            if bias:
+                projected = projected + bias[0]
+            population = tuple(zip(rows[2::2], rows[3::2]))  # per term after the input's
+            new_states, residuals, statistics = cell.step_forward(
+                weights[:n_own], projected, h_in, states, mask_t, population
+            )
+            new_states = tuple(keep_padded(mask_t, a, b) for a, b in zip(new_states, states))
+            return (*new_states, *rows_at(tables, slots_next)), residuals, statistics
+
+        if same_slots:
+            slots, next_slots = slots[:1], next_slots[:1]
+        carried = (*states, *rows_at(tables, slots[:, 0]))
+        weights = [*own, *input_weights, *tables]
+        # The padded steps' states are kept in `forward` (the driver would keep the rows,
+        # one per batch where all samples share the slot, as one per sample).
+        step_inputs = (sequences, next_slots)
+        if mask is not None:
+            step_inputs += (ops.cast(mask[..., None], sequences.dtype),)
+        hs, last = self.forward_loop(step_inputs, carried, None, forward, weights)
+        return hs, list(last[:n_states])
 
     def _generic_loop(self, projected, initial_state, sample_mask, training):
         """The recurrence over `cell.step` in training, for what the fused loop doesn't run
@@ -760,11 +830,12 @@ _BN_LAYER_DOC = """
       padding changes no statistic;
     - **one update per batch**: population statistics move once per batch, after the
       loop, on every backend (JAX included) and with no double move of slot 0;
-    - **speed** in training: `x·kernel` and its normalization are computed for all
+    - **speed**: in training, `x·kernel` and its normalization are computed for all
       steps before the loop, and (TensorFlow or JAX, default activations, float32 or
       float64) the loop runs the cell's step with its hand-written derivative
-      (`keras_recnorm.recurrence`).
-      At inference it runs as `RNN({cell})`.
+      (`keras_recnorm.recurrence`). At inference (same backends and dtypes) a
+      forward-only loop reads each sample's population statistics; elsewhere
+      (torch, half precision, other activations, `unroll`) it runs as `RNN({cell})`.
 
     Steps are counted per sample, over its real steps only: the statistics of slot t come
     from every sample's t-th real step, and at inference each sample reads the slots of

@@ -56,7 +56,9 @@ def recurrence(forward, backward, inputs, mask, initial_states, recurrent_mask, 
 
 def forward_recurrence(forward, inputs, mask, initial_states, weights):
     """`recurrence` forward only, for inference: no residuals saved, no statistics, no
-    custom gradient (the backend can still differentiate the loop). Returns
+    custom gradient (the backend can still differentiate the loop). `inputs` may also be
+    a tuple of time-major tensors: `forward` then gets the tuple of their steps (the BN
+    layers: each step's input, next slots and mask). Returns
     `(hs, last_states)`."""
     steps = _Steps(forward, None, len(initial_states))
     initial_states, weights = tuple(initial_states), tuple(weights)
@@ -73,15 +75,17 @@ def forward_recurrence(forward, inputs, mask, initial_states, weights):
     import tensorflow as tf
 
     h0 = initial_states[0]
-    hs = tf.TensorArray(h0.dtype, size=tf.shape(inputs)[0], element_shape=h0.shape)
+    length = tf.shape(tf.nest.flatten(inputs)[0])[0]
+    hs = tf.TensorArray(h0.dtype, size=length, element_shape=h0.shape)
 
     def body(t, states, hs):
         m = None if mask is None else mask[t]
-        new = steps.advance(weights, inputs[t], states, m, None)[0]
+        x = tf.nest.map_structure(lambda a: a[t], inputs)
+        new = steps.advance(weights, x, states, m, None)[0]
         return t + 1, new, hs.write(t, new[0])
 
     _, last_states, hs = tf.while_loop(
-        lambda t, *_: t < tf.shape(inputs)[0], body, (tf.constant(0), initial_states, hs)
+        lambda t, *_: t < length, body, (tf.constant(0), initial_states, hs)
     )
     return hs.stack(), last_states
 

@@ -58,6 +58,20 @@ def test_backend_option_overrides_the_environment():
     assert set(rows(stdout)) == {"keras.layers.LSTM", "LayerNormLSTM"}
 
 
+def test_inference_mode_times_inference_only():
+    stdout = run(
+        [sys.executable, "benchmarks/throughput.py", "--quick", "--mode", "infer", "--only",
+         "BatchNormGRU"],
+        KERAS_BACKEND="tensorflow",
+    )
+    lines = [line for line in stdout.splitlines() if " keras.layers.GRU " in line]
+    assert [line.split()[0] for line in lines] == ["keras.layers.GRU", "BatchNormGRU"]
+    for line in lines:
+        fields = line.split(" keras.layers.GRU ")[1].split()
+        assert fields[1:4] == ["-", "-", "-"]  # training not timed
+        assert float(fields[4]) > 0 and float(fields[5]) > 0
+
+
 def test_bad_shape_is_a_clear_error():
     result = subprocess.run(
         [sys.executable, "benchmarks/throughput.py", "--shape", "4,5,3"],

@@ -225,6 +225,162 @@ def test_bidirectional_backward_direction_sees_real_steps_only(kind, rng):
         np.testing.assert_allclose(batched[sample], alone[0], atol=1e-5)
 
 
+# -- BN inference: the forward-only loop with population statistics -------------------
+
+
+def keras_loop(layer):
+    """`layer` running its inference as before the forward-only loop: Keras's loop over
+    the cell (as under half precision, `unroll` or torch)."""
+    layer.uses_fused_loop = lambda: False
+    return layer
+
+
+def record_population_loops(layer):
+    """Counts the calls of the layer's forward-only inference loop (in `calls`)."""
+    run, layer.calls = layer._population_loop, []
+
+    def recorded(*args):
+        layer.calls.append(len(args))
+        return run(*args)
+
+    layer._population_loop = recorded
+    return layer
+
+
+# case -> (batch, timesteps, go_backwards, which padding, per-sample initial counters)
+INFERENCE_CASES = {
+    "unpadded": (B, T, False, None, None),
+    "right_padded": (B, T, False, "right", None),
+    "left_padded": (B, T, False, "left", None),
+    "backwards_padded": (B, T, True, "both", None),
+    "batch_of_one": (1, T, False, None, None),
+    "longer_than_max_timesteps": (3, 3 * T_MAX, False, "right", None),
+    "per_sample_counters": (B, T, False, "both", [0, 1, 4, 9, 2, 3]),
+}
+
+
+@pytest.mark.parametrize("case", list(INFERENCE_CASES))
+@pytest.mark.parametrize("kind", BN)
+def test_inference_loop_matches_reference_and_keras_loop(kind, case, rng):
+    """Outputs, states and step counter at inference as the NumPy reference (each sample
+    reads the population slot of its own real step) and as Keras's loop over the cell,
+    with random population statistics, so that a wrong slot or statistic shows."""
+    batch, timesteps, go_backwards, padding, counters = INFERENCE_CASES[case]
+    options = dict(return_sequences=True, return_state=True, go_backwards=go_backwards)
+    layer, old = make_layer(kind, **options), keras_loop(make_layer(kind, **options))
+    x = rng.normal(0, 1, (batch, timesteps, D)).astype("float32")
+    layer(x), old(x)
+    weights = randomize_weights(layer, rng)
+    set_weights_by_name(old, weights)
+    mask = None
+    if padding is not None:
+        lengths = rng.integers(1, timesteps + 1, batch)
+        lengths[0] = timesteps  # one full row: the last step is real somewhere
+        mask = np.arange(timesteps)[None, :] < lengths[:, None]
+        if padding in ("left", "both"):
+            mask[1::2] = mask[1::2, ::-1]
+    n_states = 2 if kind == "bn_lstm" else 1
+    initial = None
+    if counters is not None:
+        initial = [rng.normal(0, 0.5, (batch, U)).astype("float32") for _ in range(n_states)]
+        initial.append(np.array(counters, "float32")[:, None])
+    record_population_loops(layer)
+    got = layer(x, mask=mask, initial_state=initial)
+    assert layer.calls, "the forward-only loop did not run"
+    order = slice(None, None, -1) if go_backwards else slice(None)
+    run = reference.bn_lstm if kind == "bn_lstm" else reference.bn_gru
+    states = [] if initial is None else initial[:-1]
+    step0 = None if initial is None else initial[-1]
+    want, want_states, _ = run(weights, x[:, order], *states, step0=step0, training=False,
+                               mask=None if mask is None else mask[:, order])
+    np.testing.assert_allclose(to_numpy(got[0]), want, atol=1e-5, rtol=0)
+    for a, b in zip(got[1:], want_states):
+        np.testing.assert_allclose(to_numpy(a), b, atol=1e-5, rtol=0)
+    before = old(x, mask=mask, initial_state=initial)
+    # Keras's JAX loop shows a given initial h before a sample's first real step (its
+    # TensorFlow loop and the reference zeros): compare the real steps' outputs only.
+    real = np.ones((batch, timesteps), bool) if mask is None else mask[:, order]
+    np.testing.assert_allclose(to_numpy(got[0])[real], to_numpy(before[0])[real], atol=1e-5, rtol=0)
+    for a, b in zip(got[1:], before[1:]):
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", BN)
+def test_stateful_inference_with_per_sample_counters(kind, rng):
+    """A stateful layer whose samples carry different counters: each reads its own slots,
+    and the counter state advances by each sample's real steps."""
+    x = rng.normal(0, 1, (B, T, D)).astype("float32")
+    mask = np.arange(T)[None, :] < np.array([7, 3, 5, 7, 2, 6])[:, None]
+    layers = [make_layer(kind, return_sequences=True, stateful=True) for _ in range(2)]
+    layer, old = record_population_loops(layers[0]), keras_loop(layers[1])
+    layer(x), old(x)
+    weights = randomize_weights(layer, rng)
+    set_weights_by_name(old, weights)
+    counters = np.array([[0], [2], [4], [1], [8], [3]], "float32")
+    states = [rng.normal(0, 0.5, (B, U)).astype("float32") for _ in layer.states[:-1]]
+    for each in (layer, old):
+        for variable, value in zip(each.states, [*states, counters]):
+            variable.assign(value)
+    got = to_numpy(layer(x, mask=mask))
+    assert layer.calls
+    run = reference.bn_lstm if kind == "bn_lstm" else reference.bn_gru
+    want, want_states, _ = run(weights, x, *states, step0=counters, training=False, mask=mask)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(to_numpy(old(x, mask=mask)), want, atol=1e-5, rtol=0)
+    for variable, value in zip(layer.states, want_states):
+        np.testing.assert_allclose(to_numpy(variable), value, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", BN)
+def test_bidirectional_inference_equals_keras_loop_and_reference(kind, rng):
+    x, mask = padded_batch(rng)
+    mask[1] = mask[1, ::-1]  # left padding too
+    pair = [keras.layers.Bidirectional(make_layer(kind)) for _ in range(2)]
+    for bidirectional in pair:
+        bidirectional(x, mask=mask)
+    new, old = pair
+    keras_loop(old.forward_layer), keras_loop(old.backward_layer)
+    run = reference.bn_lstm if kind == "bn_lstm" else reference.bn_gru
+    halves = []
+    for direction, order in (("forward_layer", slice(None)), ("backward_layer", slice(None, None, -1))):
+        weights = randomize_weights(getattr(new, direction), rng)
+        set_weights_by_name(getattr(old, direction), weights)
+        outputs, _, _ = run(weights, x[:, order], training=False, mask=mask[:, order])
+        halves.append(outputs[:, -1])
+    got = to_numpy(new(x, mask=mask))
+    np.testing.assert_allclose(got, np.concatenate(halves, axis=-1), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got, to_numpy(old(x, mask=mask)), atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(keras.backend.backend() not in ("tensorflow", "jax"), reason="no fused loop")
+@pytest.mark.parametrize("policy, atol", [("mixed_bfloat16", 0.1), ("mixed_float16", 2e-2)])
+@pytest.mark.parametrize("kind", BN)
+def test_half_precision_inference_runs_keras_loop_and_agrees(kind, policy, atol, rng):
+    """Half precision keeps Keras's loop over the cell at inference (the forward-only
+    loop runs float32 and float64); its results agree with the float32 layer's."""
+    x, mask = padded_batch(rng)
+    layer = record_population_loops(make_layer(kind, return_sequences=True, return_state=True))
+    layer(x)
+    weights = randomize_weights(layer, rng)
+    want = layer(x, mask=mask)
+    assert layer.calls
+    try:
+        keras.config.set_dtype_policy(policy)
+        half = record_population_loops(make_layer(kind, return_sequences=True, return_state=True))
+        half(x)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    set_weights_by_name(half, weights)
+    got = half(x, mask=mask)
+    assert not half.calls
+    np.testing.assert_allclose(to_numpy(ops_cast(got[0])), to_numpy(want[0]), atol=atol, rtol=0)
+    np.testing.assert_array_equal(to_numpy(got[-1]), to_numpy(want[-1]))  # the counter
+
+
+def ops_cast(x):
+    return keras.ops.cast(x, "float32")
+
+
 @pytest.mark.parametrize("kind", BN)
 def test_fit_moves_every_slot_once_per_batch(kind, rng):
     """One training batch moves each slot once, slot 0 included, on every backend."""
