@@ -564,6 +564,15 @@ class BatchNormGRUCell(BatchNormCell):
 _STEP_COUNTERS = threading.local()
 
 
+class _CallCounter:
+    """The step counter of one call of a BN layer, past Keras's state cast: `initial`
+    (float32) before the loop, `final` after it (set by `inner_loop`), and whether every
+    sample starts at 0 (no counter given or carried)."""
+
+    def __init__(self, initial, starts_at_zero):
+        self.initial, self.final, self.starts_at_zero = initial, None, starts_at_zero
+
+
 class _BatchNormSequence(NormalizedRNN):
     """The BN whole-sequence layers.
 
@@ -615,11 +624,10 @@ class _BatchNormSequence(NormalizedRNN):
             counter, starts_at_zero = self.states[-1], False
         else:
             counter = ops.zeros((ops.shape(sequences)[0], 1))
-        # [the counter before the loop, after it (set by `inner_loop`), all start at 0]
-        self._step_counter = [ops.cast(counter, "float32"), None, starts_at_zero]
+        self._step_counter = _CallCounter(ops.cast(counter, "float32"), starts_at_zero)
         try:
             result = super().call(sequences, initial_state=initial_state, mask=mask, training=training)
-            final_counter = self._step_counter[1]
+            final_counter = self._step_counter.final
         finally:
             self._step_counter = None
         if self.stateful:
@@ -630,7 +638,7 @@ class _BatchNormSequence(NormalizedRNN):
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         cell = self.cell
-        initial_state = list(initial_state[:-1]) + [self._step_counter[0]]
+        initial_state = list(initial_state[:-1]) + [self._step_counter.initial]
         inference = not cell.uses_batch_statistics(training)
         if inference and not self.uses_fused_loop():
             # Keras's loop over the cell (torch, half precision, other activations,
@@ -639,7 +647,7 @@ class _BatchNormSequence(NormalizedRNN):
             last_output, outputs, states = super().inner_loop(
                 sequences, initial_state, mask, training=training
             )
-            self._step_counter[1] = states[-1]
+            self._step_counter.final = states[-1]
             return last_output, outputs, states
         sequences = self.dropped_sequence(sequences, training)
         if self.go_backwards:
@@ -669,7 +677,7 @@ class _BatchNormSequence(NormalizedRNN):
         if mask is not None:
             real_steps = ops.sum(sample_mask, axis=1, keepdims=True)
         states.append(initial_state[-1] + real_steps)
-        self._step_counter[1] = states[-1]
+        self._step_counter.final = states[-1]
         last_output, outputs = states[0], hs
         if original_mask is not None:
             last_output, outputs = self._outputs_in_input_order(states[0], outputs, original_mask)
@@ -713,7 +721,7 @@ class _BatchNormSequence(NormalizedRNN):
         tables = [v for term in cell.normalized_terms for v in cell.moving(term)]
         n_own, n_tables = len(own), len(tables)
         # Every sample started at 0, and real steps come first: all read the same slot.
-        same_slots = self._step_counter[2]
+        same_slots = self._step_counter.starts_at_zero
         # Padded steps come last: a sample's rows held there are never used again.
         next_slots = ops.concatenate([slots[:, 1:], slots[:, -1:]], axis=1)
 
