@@ -466,23 +466,25 @@ class NormalizedRNN(keras.layers.RNN):
             and cell.compute_dtype in ("float32", "float64")
         )
 
-    def fused_loop(self, inputs, states, mask, training):
+    def fused_loop(self, inputs, states, mask, training, steps=None):
         """The recurrence over the step inputs `(B, T, F)` (what `cell.input_projection`
         gives) with the cell's hand-written step derivative (`keras_recnorm.recurrence`),
         from the state tuple `states` (`h` first; the LSTM: `(h, c)`, the GRU: `(h,)`).
+        `steps` replaces the cell's `(step_forward, step_backward, step_weights())`.
         Returns `(hs, last_states, statistics)`: the `h` state after every step
         `(B, T, U)` (a padded step keeps the states), the state tuple after the last
         step, and the cell's per-step statistics, time-major."""
         cell = self.cell
+        forward, backward, weights = steps or (cell.step_forward, cell.step_backward, cell.step_weights())
         recurrent_mask = cell.get_recurrent_dropout_mask(states[0]) if training else None
         step_mask = None
         if mask is not None:
             step_mask = ops.expand_dims(ops.transpose(ops.cast(mask, inputs.dtype)), -1)
         # Tensors, not variables: tf.custom_gradient must not see a variable read inside.
-        weights = [ops.copy(w) for w in cell.step_weights()]
+        weights = [ops.copy(w) for w in weights]
         hs, last_states, statistics = recurrence(
-            cell.step_forward,
-            cell.step_backward,
+            forward,
+            backward,
             ops.transpose(inputs, (1, 0, 2)),
             step_mask,
             tuple(states),

@@ -576,10 +576,11 @@ class _CallCounter:
 class _BatchNormSequence(NormalizedRNN):
     """The BN whole-sequence layers.
 
-    Before the loop: `x·kernel` for all steps, its per-step batch statistics (over the
-    samples that are not padding at each step) and normalization. In the loop: the
-    recurrent term and the cell state, normalized with statistics over the unpadded
-    samples of that step. After the loop: one update of the population statistics from
+    Before the loop: `x·kernel` for all steps. In the loop: the input term, the
+    recurrent term and the cell state, normalized with batch statistics over the
+    samples that are not padding at that step (where the fused loop doesn't run, or
+    the input term is `synchronized`, the input term is normalized before the loop,
+    with the same per-step statistics). After the loop: one update of the population statistics from
     the unnormalized terms the loop returns, so no slot is moved twice and no variable is
     written inside the loop (which JAX forbids). Inference: `_population_loop`.
     """
@@ -684,16 +685,31 @@ class _BatchNormSequence(NormalizedRNN):
         return last_output, outputs, states
 
     def _batch_statistics_loop(self, sequences, input_slots, initial_state, mask, sample_mask, training):
-        """Training: the input term for all steps before the loop, the loop (fused where
-        it can run), then one update of the population statistics. Returns `(hs, final
-        states without the counter)`."""
+        """Training: the loop (fused where it can run), then one update of the population
+        statistics. Returns `(hs, final states without the counter)`.
+
+        The fused loop normalizes the input term in the step (`_input_normalizing_steps`;
+        only `x·kernel` is computed for all steps before it). Elsewhere, and for a
+        `synchronized` input term (its all-reduce can't run inside the loop), the input
+        term of all steps is normalized before the loop."""
         cell = self.cell
-        projected, input_moments = cell.input_projection(sequences, input_slots, sample_mask, training)
-        if self.uses_fused_loop():
-            hs, last_states, statistics = self.fused_loop(projected, initial_state[:-1], mask, training)
+        if self.uses_fused_loop() and not cell.synchronized:
+            raw = ops.matmul(sequences, cell.kernel)
+            hs, last_states, statistics = self.fused_loop(
+                raw, initial_state[:-1], mask, training, steps=self._input_normalizing_steps()
+            )
             states = list(last_states)
+            counted = ops.ones_like(raw[:, :, 0]) if sample_mask is None else sample_mask
+            count = ops.cast(ops.sum(counted, axis=0), statistics[0].dtype)
+            input_moments = moments_from_variance(count, statistics[0], statistics[1])
+            statistics = statistics[2:]
         else:
-            hs, states, statistics = self._generic_loop(projected, initial_state, sample_mask, training)
+            projected, input_moments = cell.input_projection(sequences, input_slots, sample_mask, training)
+            if self.uses_fused_loop():
+                hs, last_states, statistics = self.fused_loop(projected, initial_state[:-1], mask, training)
+                states = list(last_states)
+            else:
+                hs, states, statistics = self._generic_loop(projected, initial_state, sample_mask, training)
         # The moments after the loop: per term, (count, mean, M2) of every step.
         count = input_moments[0]
         moments = {"input": input_moments}
@@ -703,6 +719,40 @@ class _BatchNormSequence(NormalizedRNN):
         # different counters); the statistics of a step are those of all its samples.
         cell.update_statistics(moments, slot_shares(input_slots, sample_mask, cell.max_timesteps))
         return hs, states
+
+    def _input_normalizing_steps(self):
+        """The cell's step functions and weights with the input term's normalization
+        moved into the step: the step takes `x·kernel (B, F)` and returns the input
+        term's batch mean and variance first among its statistics. The step's
+        reductions over the batch are `(B, F)`; hoisted, those over the batch axis of a
+        `(B, T, F)` tensor and their derivative were most of JAX's training step
+        (docs/throughput.md)."""
+        cell = self.cell
+        own = tuple(cell.step_weights())
+        n_own = len(own)
+
+        def forward(weights, raw, h_in, states, mask):
+            gamma, *bias = weights[n_own:]
+            x_hat, rstd, mean, variance = cell.standardize(raw, mask, None)
+            projected = gamma * x_hat
+            if bias:
+                projected = projected + bias[0]
+            new, residuals, statistics = cell.step_forward(weights[:n_own], projected, h_in, states, mask)
+            return new, (x_hat, rstd, *residuals), (mean, variance, *statistics)
+
+        def backward(weights, residuals, h_in, states, mask, d_new_states):
+            gamma, *bias = weights[n_own:]
+            x_hat, rstd, *residuals = residuals
+            d_projected, dh_in, d_states, d_own = cell.step_backward(
+                weights[:n_own], tuple(residuals), h_in, states, mask, d_new_states
+            )
+            counted = ops.ones_like(h_in[:, :1]) if mask is None else mask
+            d_raw = batch_standardize_backward(d_projected * gamma, x_hat, rstd, counted)
+            d_input = [ops.sum(d_projected * x_hat, axis=0)] + [ops.sum(d_projected, axis=0)] * len(bias)
+            return d_raw, dh_in, d_states, (*d_own, *d_input)
+
+        weights = own + (cell.input_gamma,) + ((cell.bias,) if cell.use_bias else ())
+        return forward, backward, weights
 
     def _population_loop(self, sequences, slots, states, mask):
         """Inference, forward only (`forward_loop`: no residuals, no statistics gathered),
@@ -838,9 +888,9 @@ _BN_LAYER_DOC = """
       padding changes no statistic;
     - **one update per batch**: population statistics move once per batch, after the
       loop, on every backend (JAX included) and with no double move of slot 0;
-    - **speed**: in training, `x·kernel` and its normalization are computed for all
-      steps before the loop, and (TensorFlow or JAX, default activations, float32 or
-      float64) the loop runs the cell's step with its hand-written derivative
+    - **speed**: in training, `x·kernel` is computed for all steps before the loop,
+      and (TensorFlow or JAX, default activations, float32 or float64) the loop
+      normalizes it and runs the cell's step with their hand-written derivative
       (`keras_recnorm.recurrence`). At inference (same backends and dtypes) a
       forward-only loop reads each sample's population statistics; elsewhere
       (torch, half precision, other activations, `unroll`) it runs as `RNN({cell})`.
