@@ -517,6 +517,16 @@ def float64_on_jax():
         jax.config.update("jax_enable_x64", False)
 
 
+def weigh_float64_outputs(outputs):
+    """A fixed random linear function of every output and state (not the BN step counter,
+    a float32 count)."""
+    return sum(
+        keras.ops.sum(o * np.random.default_rng(k).normal(size=o.shape))
+        for k, o in enumerate(outputs)
+        if keras.backend.standardize_dtype(o.dtype) == "float64"
+    )
+
+
 def outputs_and_gradients(layer, x, mask, weigh):
     """The layer's outputs in training and the gradients of `weigh(outputs)` with respect
     to `x` and to every trainable weight (the statistics' updates are applied)."""
@@ -574,15 +584,6 @@ def test_fused_loop_gradients_equal_autodiff(kind, options, rng, float64_on_jax)
         mask[1, :3] = False  # left padding
         mask[2, :] = False  # all padding
 
-    def weigh(outputs):
-        """A fixed random linear function of every output and state (not the BN step
-        counter, a float32 count)."""
-        return sum(
-            keras.ops.sum(o * np.random.default_rng(k).normal(size=o.shape))
-            for k, o in enumerate(outputs)
-            if keras.backend.standardize_dtype(o.dtype) == "float64"
-        )
-
     values, results = None, []
     for fused in (True, False):
         layer = make_layer(kind, return_state=True, dtype="float64", **options)
@@ -594,7 +595,7 @@ def test_fused_loop_gradients_equal_autodiff(kind, options, rng, float64_on_jax)
             assert layer.uses_fused_loop()
         else:
             layer.uses_fused_loop = lambda: False
-        outputs, gradients = outputs_and_gradients(layer, x, mask, weigh)
+        outputs, gradients = outputs_and_gradients(layer, x, mask, weigh_float64_outputs)
         results.append((outputs, gradients, weights_by_name(layer)))
     (outputs, gradients, after), (want_outputs, want_gradients, want_after) = results
     # XLA's CPU tanh is a float32-accurate approximation even in float64, and its result
@@ -625,13 +626,6 @@ def test_input_term_in_the_step_equals_it_before_the_loop(kind, rng, float64_on_
     mask[0, 4:] = False
     mask[1, :3] = False
 
-    def weigh(outputs):
-        return sum(
-            keras.ops.sum(o * np.random.default_rng(k).normal(size=o.shape))
-            for k, o in enumerate(outputs)
-            if keras.backend.standardize_dtype(o.dtype) == "float64"
-        )
-
     values, results = None, []
     for synchronized in (False, True):
         layer = make_layer(kind, return_state=True, dtype="float64", synchronized=synchronized)
@@ -639,7 +633,7 @@ def test_input_term_in_the_step_equals_it_before_the_loop(kind, rng, float64_on_
         if values is None:
             values = randomize_weights(layer, rng)
         set_weights_by_name(layer, values)
-        outputs, gradients = outputs_and_gradients(layer, x, mask, weigh)
+        outputs, gradients = outputs_and_gradients(layer, x, mask, weigh_float64_outputs)
         results.append((outputs, gradients, weights_by_name(layer)))
     (outputs, gradients, after), (want_outputs, want_gradients, want_after) = results
     # XLA's CPU tanh differs with its fusion on JAX (see the test above).
