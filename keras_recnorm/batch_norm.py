@@ -580,9 +580,10 @@ class _BatchNormSequence(NormalizedRNN):
     recurrent term and the cell state, normalized with batch statistics over the
     samples that are not padding at that step (where the fused loop doesn't run, or
     the input term is `synchronized`, the input term is normalized before the loop,
-    with the same per-step statistics). After the loop: one update of the population statistics from
-    the unnormalized terms the loop returns, so no slot is moved twice and no variable is
-    written inside the loop (which JAX forbids). Inference: `_population_loop`.
+    with the same per-step statistics). After the loop: one update of the population
+    statistics from the unnormalized terms the loop returns, so no slot is moved twice
+    and no variable is written inside the loop (which JAX forbids). Inference:
+    `_population_loop`.
     """
 
     def __init__(self, units, max_timesteps, **kwargs):
@@ -693,7 +694,8 @@ class _BatchNormSequence(NormalizedRNN):
         `synchronized` input term (its all-reduce can't run inside the loop), the input
         term of all steps is normalized before the loop."""
         cell = self.cell
-        if self.uses_fused_loop() and not cell.synchronized:
+        fused = self.uses_fused_loop()
+        if fused and not cell.synchronized:
             raw = ops.matmul(sequences, cell.kernel)
             hs, last_states, statistics = self.fused_loop(
                 raw, initial_state[:-1], mask, training, steps=self._input_normalizing_steps()
@@ -705,7 +707,7 @@ class _BatchNormSequence(NormalizedRNN):
             statistics = statistics[2:]
         else:
             projected, input_moments = cell.input_projection(sequences, input_slots, sample_mask, training)
-            if self.uses_fused_loop():
+            if fused:
                 hs, last_states, statistics = self.fused_loop(projected, initial_state[:-1], mask, training)
                 states = list(last_states)
             else:
