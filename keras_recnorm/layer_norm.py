@@ -23,7 +23,12 @@ from keras_recnorm.base import (
     lstm_gates_backward,
     lstm_output_backward,
 )
-from keras_recnorm.normalization import layer_norm, layer_standardize, layer_standardize_backward
+from keras_recnorm.normalization import (
+    centered_columns,
+    layer_norm,
+    layer_standardize,
+    layer_standardize_backward,
+)
 
 register = keras.saving.register_keras_serializable(package="keras_recnorm")
 
@@ -106,11 +111,14 @@ class LayerNormLSTMCell(GatedCell):
         return h_new, [h_new, c_new]
 
     def step_weights(self):
-        """The weights `step_forward` uses, in its order (`bias` last, if any)."""
+        """The weights `step_forward` uses, in its order (`bias` last, if any), the
+        kernels centered (`centered_columns`): the mean that each LN of a gate term
+        subtracts first is then 0 by construction."""
+        width = (4 * self.units,)
         weights = (
-            self.kernel,
+            centered_columns(self.kernel, width),
             self.input_gamma,
-            self.recurrent_kernel,
+            centered_columns(self.recurrent_kernel, width),
             self.recurrent_gamma,
             self.cell_gamma,
             self.cell_beta,
@@ -125,19 +133,19 @@ class LayerNormLSTMCell(GatedCell):
         needs."""
         c = states[1]
         kernel, input_gamma, recurrent_kernel, recurrent_gamma, cell_gamma, cell_beta = weights[:6]
-        input_hat, input_rstd = layer_standardize(ops.matmul(x, kernel), self.epsilon)
-        recurrent_hat, recurrent_rstd = layer_standardize(
-            ops.matmul(h, recurrent_kernel), self.epsilon
+        input_hat, input_gain = layer_standardize(ops.matmul(x, kernel), self.epsilon, centered=True)
+        recurrent_hat, recurrent_gain = layer_standardize(
+            ops.matmul(h, recurrent_kernel), self.epsilon, centered=True
         )
         z = input_gamma * input_hat + recurrent_gamma * recurrent_hat
         if self.use_bias:
             z = z + weights[6]
         gates, c_new = self.lstm_gates(z, c)
-        cell_hat, cell_rstd = layer_standardize(c_new, self.epsilon)
+        cell_hat, cell_gain = layer_standardize(c_new, self.epsilon)
         h_new, cell_output = self.lstm_output(gates, cell_gamma * cell_hat + cell_beta)
         residuals = (
-            x, input_hat, input_rstd, recurrent_hat, recurrent_rstd, gates, cell_hat,
-            cell_rstd, cell_output,
+            x, input_hat, input_gain, recurrent_hat, recurrent_gain, gates, cell_hat,
+            cell_gain, cell_output,
         )
         return (h_new, c_new), residuals, ()
 
@@ -148,13 +156,15 @@ class LayerNormLSTMCell(GatedCell):
         autodiff."""
         (dh_new, dc_new), c = d_new_states, states[1]
         kernel, input_gamma, recurrent_kernel, recurrent_gamma, cell_gamma, _ = weights[:6]
-        (x, input_hat, input_rstd, recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd,
+        (x, input_hat, input_gain, recurrent_hat, recurrent_gain, gates, cell_hat, cell_gain,
          cell_output) = residuals
         d_o, d_normalized_cell = lstm_output_backward(dh_new, gates, cell_output)
-        dc = dc_new + layer_standardize_backward(d_normalized_cell * cell_gamma, cell_hat, cell_rstd)
+        dc = dc_new + layer_standardize_backward(d_normalized_cell * cell_gamma, cell_hat, cell_gain)
         dz, dc_prev = lstm_gates_backward(dc, d_o, gates, c)
-        d_recurrent = layer_standardize_backward(dz * recurrent_gamma, recurrent_hat, recurrent_rstd)
-        d_input = layer_standardize_backward(dz * input_gamma, input_hat, input_rstd)
+        d_recurrent = layer_standardize_backward(
+            dz * recurrent_gamma, recurrent_hat, recurrent_gain, centered=True
+        )
+        d_input = layer_standardize_backward(dz * input_gamma, input_hat, input_gain, centered=True)
         d_weights = (
             ops.matmul(ops.transpose(x), d_input),
             ops.sum(dz * input_hat, axis=0),
@@ -232,36 +242,41 @@ class LayerNormGRUCell(GatedCell):
         return h_new, [h_new]
 
     def step_weights(self):
-        """The weights `step_forward` uses, in its order (`bias` last, if any)."""
+        """The weights `step_forward` uses, in its order (`bias` last, if any), the
+        kernels centered per normalized block (`centered_columns`)."""
+        widths = (2 * self.units, self.units)
         weights = (
-            self.kernel,
+            centered_columns(self.kernel, widths),
             self.input_gate_gamma,
             self.input_candidate_gamma,
-            self.recurrent_kernel,
+            centered_columns(self.recurrent_kernel, widths),
             self.recurrent_gate_gamma,
             self.recurrent_candidate_gamma,
         )
         return weights + (self.bias,) if self.use_bias else weights
 
     def _standardize_blocks(self, projection):
-        """LN statistics of the (z, r) block and of the candidate block, separately:
-        `(gate_hat, gate_rstd, candidate_hat, candidate_rstd)`."""
+        """LN of the (z, r) block and of the candidate block, separately, of a product
+        with kernels centered per block: `(gate_hat, gate_gain, candidate_hat,
+        candidate_gain)` (`layer_standardize`)."""
         units2 = 2 * self.units
-        return layer_standardize(projection[..., :units2], self.epsilon) + layer_standardize(
-            projection[..., units2:], self.epsilon
-        )
+        return layer_standardize(
+            projection[..., :units2], self.epsilon, centered=True
+        ) + layer_standardize(projection[..., units2:], self.epsilon, centered=True)
 
     @staticmethod
     def _blocks_backward(d, standardized, gate_gamma, candidate_gamma):
         """Backward of `gains · _standardize_blocks(p)`: from the gradient of the normalized
         term, `(d_p, d_gate_gamma, d_candidate_gamma)`."""
-        gate_hat, gate_rstd, candidate_hat, candidate_rstd = standardized
+        gate_hat, gate_gain, candidate_hat, candidate_gain = standardized
         units2 = ops.shape(gate_hat)[-1]
         d_gate, d_candidate = d[..., :units2], d[..., units2:]
         d_projection = ops.concatenate(
             [
-                layer_standardize_backward(d_gate * gate_gamma, gate_hat, gate_rstd),
-                layer_standardize_backward(d_candidate * candidate_gamma, candidate_hat, candidate_rstd),
+                layer_standardize_backward(d_gate * gate_gamma, gate_hat, gate_gain, centered=True),
+                layer_standardize_backward(
+                    d_candidate * candidate_gamma, candidate_hat, candidate_gain, centered=True
+                ),
             ],
             axis=-1,
         )

@@ -55,36 +55,50 @@ def _feature_mean(x):
     return ops.matmul(x, ops.ones((width, 1), dtype=x.dtype)) * (1.0 / width)
 
 
-def _layer_standardized(x, epsilon):
-    """`(x̂, rstd)` over the last axis, in float32 (float64 for float64 input); x̂ has
-    the derivative of `layer_standardize_backward`, rstd none (it is a residual)."""
+def _layer_standardized(x, epsilon, centered=False):
+    """`(x̂, gain)` over the last axis, in float32 (float64 for float64 input): x̂ has
+    the derivative of `layer_standardize_backward`, and `gain` (its factor: rstd, 0 for
+    a degenerate vector) is a residual, without gradient. `centered`: `x` has a zero mean
+    by construction, which is not subtracted again."""
     x32 = ops.cast(x, statistics_dtype(x))
-    centered = x32 - _feature_mean(x32)
-    rstd = ops.rsqrt(_feature_mean(ops.square(centered)) + epsilon)
+    deviation = x32 if centered else x32 - _feature_mean(x32)
+    variance = _feature_mean(ops.square(deviation))
+    rstd = ops.rsqrt(variance + epsilon)
+    # mean(x̂²) = var/(var + ε) = var·rstd²: below DEGENERATE_POWER, x̂ is numerically 0.
+    gain = rstd * ops.cast(variance * ops.square(rstd) >= DEGENERATE_POWER, rstd.dtype)
     # The statistics' own derivative is part of layer_standardize_backward's formula.
-    centered, rstd = ops.stop_gradient(centered), ops.stop_gradient(rstd)
-    return _standardized_by(x32, centered, rstd), rstd
+    deviation, rstd, gain = (ops.stop_gradient(v) for v in (deviation, rstd, gain))
+    return _STANDARDIZED_BY[centered](x32, deviation, rstd, gain), gain
 
 
-@ops.custom_gradient
-def _standardized_by(x, centered, rstd):
-    """`centered · rstd`, the standardized `x` (`centered = x − mean(x)` and `rstd` are
-    `x`'s own, without gradient), differentiated by `layer_standardize_backward` as a
-    function of `x`."""
-    x_hat = centered * rstd
+def _standardized_by_function(centered):
+    """A function `(x, deviation, rstd, gain) -> deviation · rstd`, the standardized `x`
+    (`deviation = x − mean(x)`, or `x` itself if `centered`, and `rstd` are `x`'s own,
+    without gradient), differentiated by `layer_standardize_backward` as a function of
+    `x`."""
 
-    def gradient(*args, upstream=None):
-        # TensorFlow and JAX pass the upstream gradient positionally, torch by keyword.
-        if upstream is None:
-            (upstream,) = args
-        d = ops.cast(upstream, x_hat.dtype)
-        return (
-            layer_standardize_backward(d, x_hat, rstd),
-            ops.zeros_like(centered),
-            ops.zeros_like(rstd),
-        )
+    @ops.custom_gradient
+    def standardized_by(x, deviation, rstd, gain):
+        x_hat = deviation * rstd
 
-    return x_hat, gradient
+        def gradient(*args, upstream=None):
+            # TensorFlow and JAX pass the upstream gradient positionally, torch by keyword.
+            if upstream is None:
+                (upstream,) = args
+            d = ops.cast(upstream, x_hat.dtype)
+            return (
+                layer_standardize_backward(d, x_hat, gain, centered),
+                ops.zeros_like(deviation),
+                ops.zeros_like(rstd),
+                ops.zeros_like(gain),
+            )
+
+        return x_hat, gradient
+
+    return standardized_by
+
+
+_STANDARDIZED_BY = {False: _standardized_by_function(False), True: _standardized_by_function(True)}
 
 
 def batch_moments(x, mask=None):
@@ -297,7 +311,10 @@ def moving_average_update(moving_mean, moving_variance, moments, slots, momentum
 #
 # `x̂ = (x − mean) · rstd`, `rstd = 1 / sqrt(var + ε)`. The backward of a standardization,
 # given d = ∂L/∂x̂ (the gain already applied), is `rstd · (d − mean(d) − x̂ · mean(d · x̂))`
-# with the means over the same samples as the statistics.
+# with the means over the same samples as the statistics. The LN cells' gate terms are
+# products with kernels whose columns are centered per normalized block
+# (`centered_columns`): their mean is 0 by construction, so the step skips subtracting it
+# (`centered=True`), and the derivative, that of `x · rstd`, has no `mean(d)` term.
 #
 # Degenerate vectors. A constant vector (an all-zero input step, the zero state a zero
 # sequence keeps) has var = 0 and x̂ = 0, and that derivative is rstd·(d − mean(d)) with
@@ -312,22 +329,40 @@ def moving_average_update(moving_mean, moving_variance, moments, slots, momentum
 DEGENERATE_POWER = 1e-6
 
 
-def layer_standardize(x, epsilon):
-    """Standardizes over the last axis; returns `(x̂, rstd)` in the dtype of `x`, rstd of
-    shape `(..., 1)`. The statistics are taken in float32 under half precision. Under
-    autodiff x̂ has the derivative of `layer_standardize_backward`."""
-    x_hat, rstd = _layer_standardized(x, epsilon)
-    return ops.cast(x_hat, x.dtype), ops.cast(rstd, x.dtype)
+def layer_standardize(x, epsilon, centered=False):
+    """Standardizes over the last axis; returns `(x̂, gain)` in the dtype of `x`, gain of
+    shape `(..., 1)`: rstd, or 0 for a degenerate vector, the factor of
+    `layer_standardize_backward`. The statistics are taken in float32 under half
+    precision. Under autodiff x̂ has the derivative of `layer_standardize_backward`.
+    `centered=True` where `x` has a zero mean by construction (a product with
+    `centered_columns` weights): the mean is not subtracted, and the derivative is that
+    of `x·rstd`."""
+    x_hat, gain = _layer_standardized(x, epsilon, centered)
+    return ops.cast(x_hat, x.dtype), ops.cast(gain, x.dtype)
 
 
-def layer_standardize_backward(d, x_hat, rstd):
-    """∂L/∂x from `d = ∂L/∂x̂` for `layer_standardize`: the exact derivative, and 0 for a
-    degenerate vector (mean(x̂²) < DEGENERATE_POWER, i.e. var < ~1e-6·ε; see above)."""
-    d_mean = _feature_mean(d)
+def layer_standardize_backward(d, x_hat, gain, centered=False):
+    """∂L/∂x from `d = ∂L/∂x̂` for `layer_standardize`, `gain` being its second result:
+    the exact derivative, and 0 for a degenerate vector (mean(x̂²) < DEGENERATE_POWER,
+    i.e. var < ~1e-6·ε; see above)."""
     projection = _feature_mean(d * x_hat)
-    power = _feature_mean(ops.square(x_hat))
-    gain = rstd * ops.cast(power >= DEGENERATE_POWER, rstd.dtype)  # 0 if degenerate
-    return gain * (d - d_mean - x_hat * projection)
+    if not centered:
+        d = d - _feature_mean(d)
+    return gain * (d - x_hat * projection)
+
+
+def centered_columns(kernel, widths):
+    """`kernel` minus, in each block of output columns (of the given widths, in order),
+    the block's mean column. `x·centered_columns(W)` is `x·W` less its mean over each
+    block, which is what an LN of the block subtracts first: the step then standardizes
+    the product with `centered=True` (one reduction fewer each way). Differentiable: the
+    gradient of the centered kernel reaches `kernel` centered the same way."""
+    blocks, start = [], 0
+    for width in widths:
+        block = kernel[:, start : start + width]
+        blocks.append(block - _feature_mean(block))
+        start += width
+    return blocks[0] if len(blocks) == 1 else ops.concatenate(blocks, axis=-1)
 
 
 def batch_standardize(x, epsilon, weights=None):

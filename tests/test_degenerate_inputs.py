@@ -172,9 +172,10 @@ def test_input_dropout_on_two_features_keeps_weights_finite(name):
 # -- everywhere else the derivative is the exact one ---------------------------------------
 
 
-def exact_layer_standardized(x, epsilon):
+def exact_layer_standardized(x, epsilon, centered=False):
     """The LN standardization in plain ops, differentiated by autodiff: the exact
-    derivative (the package's float32/float64 statistics rule kept)."""
+    derivative (the package's float32/float64 statistics rule kept). The mean is
+    subtracted even from an input centered by construction."""
     x = ops.cast(x, normalization.statistics_dtype(x))
     mean = ops.mean(x, axis=-1, keepdims=True)
     rstd = ops.rsqrt(ops.mean(ops.square(x - mean), axis=-1, keepdims=True) + epsilon)
@@ -214,8 +215,8 @@ def test_standardize_backward_zero_only_for_degenerate_rows(rng):
     x[3] *= np.sqrt(1e-4 * epsilon)  # var ≈ 1e-4·ε: tiny, but not degenerate
     x[4] *= 1e-3  # var ≈ 1e-6 < ε: inputs of this scale still learn
     d = rng.normal(0, 1, (6, 16))
-    x_hat, rstd = normalization.layer_standardize(ops.convert_to_tensor(x), epsilon)
-    got = to_numpy(normalization.layer_standardize_backward(ops.convert_to_tensor(d), x_hat, rstd))
+    x_hat, gain = normalization.layer_standardize(ops.convert_to_tensor(x), epsilon)
+    got = to_numpy(normalization.layer_standardize_backward(ops.convert_to_tensor(d), x_hat, gain))
     # The exact derivative, from the reference formula by central differences.
     from tests.reference import layer_norm
 

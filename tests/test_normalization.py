@@ -1,5 +1,6 @@
 """keras_recnorm.normalization: the shared numerics every cell normalizes through."""
 
+import keras
 import numpy as np
 import pytest
 from keras import ops
@@ -57,6 +58,41 @@ def test_layer_norm_float64_keeps_float64_precision(rng):
     assert got.dtype == "float64"
     np.testing.assert_allclose(to_numpy(got), reference.layer_norm(x, gamma),
                                atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("widths", [(12,), (8, 4)])
+def test_centered_kernel_gives_the_layer_norm_and_its_gradients(rng, widths):
+    """`x·centered_columns(W)` standardized with `centered=True` (what the LN cells' steps
+    do) is the LN of each block of `x·W`, and its derivative, taken through the centering,
+    is the LN's: for `x` and for `W`, in float64 (Keras's torch `matmul` and `mean` round
+    float64 to float32: looser there)."""
+    tolerance = 1e-6 if keras.backend.backend() == "torch" else 1e-12
+    x, kernel, d = rng.normal(0, 1, (5, 6)), rng.normal(0.3, 1, (6, 12)), rng.normal(0, 1, (5, 12))
+    centered = to_numpy(normalization.centered_columns(ops.convert_to_tensor(kernel, "float64"), widths))
+    bounds = np.cumsum((0,) + widths)
+    d_x_want, d_x_got = np.zeros_like(x), np.zeros_like(x)
+    d_kernel_want, d_kernel_got = np.zeros_like(kernel), np.zeros_like(kernel)
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        block, block_c, d_block = kernel[:, start:stop], centered[:, start:stop], d[:, start:stop]
+        np.testing.assert_allclose(block_c.mean(-1), 0.0, atol=tolerance)
+        want_hat, want_gain = normalization.layer_standardize(ops.convert_to_tensor(x @ block, "float64"), 1e-5)
+        got_hat, got_gain = normalization.layer_standardize(
+            ops.convert_to_tensor(x @ block_c, "float64"), 1e-5, centered=True
+        )
+        np.testing.assert_allclose(to_numpy(got_hat), to_numpy(want_hat), atol=tolerance)
+        np.testing.assert_allclose(to_numpy(got_gain), to_numpy(want_gain), rtol=tolerance)
+        # ∂L/∂(x·W) by the plain LN derivative; ∂L/∂(x·W_c) by the centered one.
+        d_product = to_numpy(normalization.layer_standardize_backward(ops.convert_to_tensor(d_block, "float64"), want_hat, want_gain))
+        d_product_c = to_numpy(
+            normalization.layer_standardize_backward(ops.convert_to_tensor(d_block, "float64"), got_hat, got_gain, centered=True)
+        )
+        d_x_want += d_product @ block.T
+        d_x_got += d_product_c @ block_c.T
+        d_kernel_want[:, start:stop] = x.T @ d_product
+        d_kernel_c = x.T @ d_product_c  # and back through W_c = W − mean(W):
+        d_kernel_got[:, start:stop] = d_kernel_c - d_kernel_c.mean(-1, keepdims=True)
+    np.testing.assert_allclose(d_x_got, d_x_want, rtol=100 * tolerance, atol=tolerance)
+    np.testing.assert_allclose(d_kernel_got, d_kernel_want, rtol=100 * tolerance, atol=tolerance)
 
 
 # -- batch statistics -----------------------------------------------------------------
