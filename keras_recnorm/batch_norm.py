@@ -26,7 +26,7 @@ from keras_recnorm.normalization import (
     batch_moments,
     batch_normalize,
     batch_standardize,
-    batch_standardize_backward,
+    batch_norm_backward,
     cross_replica_moments,
     cross_replica_shares,
     merge_moments,
@@ -436,18 +436,18 @@ class BatchNormLSTMCell(BatchNormCell):
         recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd, cell_output = residuals
         counted = ops.ones_like(h[:, :1]) if mask is None else mask
         d_o, d_normalized_cell = lstm_output_backward(dh_new, gates, cell_output)
-        dc = dc_new + batch_standardize_backward(
-            d_normalized_cell * cell_gamma, cell_hat, cell_rstd, counted
+        d_cell, d_cell_gamma, d_cell_beta = batch_norm_backward(
+            d_normalized_cell, cell_gamma, cell_hat, cell_rstd, counted
         )
-        dz, dc_prev = lstm_gates_backward(dc, d_o, gates, c)
-        d_recurrent = batch_standardize_backward(
-            dz * recurrent_gamma, recurrent_hat, recurrent_rstd, counted
+        dz, dc_prev = lstm_gates_backward(dc_new + d_cell, d_o, gates, c)
+        d_recurrent, d_recurrent_gamma, _ = batch_norm_backward(
+            dz, recurrent_gamma, recurrent_hat, recurrent_rstd, counted
         )
         d_weights = (
             ops.matmul(ops.transpose(h), d_recurrent),
-            ops.sum(dz * recurrent_hat, axis=0),
-            ops.sum(d_normalized_cell * cell_hat, axis=0),
-            ops.sum(d_normalized_cell, axis=0),
+            d_recurrent_gamma,
+            d_cell_gamma,
+            d_cell_beta,
         )
         dh = ops.matmul(d_recurrent, ops.transpose(recurrent_kernel))
         return dz, dh, (None, dc_prev), d_weights
@@ -548,13 +548,10 @@ class BatchNormGRUCell(BatchNormCell):
             recurrent_gamma[units2:] * recurrent_hat[..., units2:], states[0],
         )
         counted = ops.ones_like(h_in[:, :1]) if mask is None else mask
-        d_recurrent = batch_standardize_backward(
-            d_recurrent_term * recurrent_gamma, recurrent_hat, recurrent_rstd, counted
+        d_recurrent, d_recurrent_gamma, _ = batch_norm_backward(
+            d_recurrent_term, recurrent_gamma, recurrent_hat, recurrent_rstd, counted
         )
-        d_weights = (
-            ops.matmul(ops.transpose(h_in), d_recurrent),
-            ops.sum(d_recurrent_term * recurrent_hat, axis=0),
-        )
+        d_weights = (ops.matmul(ops.transpose(h_in), d_recurrent), d_recurrent_gamma)
         return d_projected, ops.matmul(d_recurrent, ops.transpose(recurrent_kernel)), (dh,), d_weights
 
     def get_config(self):
@@ -749,9 +746,8 @@ class _BatchNormSequence(NormalizedRNN):
                 weights[:n_own], tuple(residuals), h_in, states, mask, d_new_states
             )
             counted = ops.ones_like(h_in[:, :1]) if mask is None else mask
-            d_raw = batch_standardize_backward(d_projected * gamma, x_hat, rstd, counted)
-            d_input = [ops.sum(d_projected * x_hat, axis=0)] + [ops.sum(d_projected, axis=0)] * len(bias)
-            return d_raw, dh_in, d_states, (*d_own, *d_input)
+            d_raw, d_gamma, d_bias = batch_norm_backward(d_projected, gamma, x_hat, rstd, counted)
+            return d_raw, dh_in, d_states, (*d_own, d_gamma, *[d_bias] * len(bias))
 
         weights = own + (cell.input_gamma,) + ((cell.bias,) if cell.use_bias else ())
         return forward, backward, weights

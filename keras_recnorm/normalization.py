@@ -386,13 +386,17 @@ def standardize_with(x, mean, variance, epsilon):
     return ops.cast(x_hat, x.dtype), ops.cast(rstd, x.dtype)
 
 
-def batch_standardize_backward(d, x_hat, rstd, weights):
-    """∂L/∂x from `d = ∂L/∂x̂` for `batch_standardize`; uncounted samples get 0."""
-    count = ops.maximum(ops.sum(weights), 1.0)
+def batch_norm_backward(d, gamma, x_hat, rstd, weights):
+    """The derivative of `gamma · x̂ (+ beta)`, x̂ from `batch_standardize` counting the
+    samples with `weights (B, 1)`, from `d` its gradient: `(∂L/∂x, ∂L/∂γ, ∂L/∂β)`.
+    The gain's and the shift's gradients are the two batch sums the standardization's
+    derivative needs, so each is taken once. Uncounted samples get 0."""
     d = d * weights
-    d_mean = ops.sum(d, axis=0) / count
-    projection = ops.sum(d * x_hat, axis=0) / count
-    return weights * rstd * (d - d_mean - x_hat * projection)
+    d_beta = ops.sum(d, axis=0)
+    d_gamma = ops.sum(d * x_hat, axis=0)
+    count = ops.maximum(ops.sum(weights), 1.0)
+    dx = (weights * rstd * gamma) * (d - (d_beta + x_hat * d_gamma) / count)
+    return dx, d_gamma, d_beta
 
 
 # -- replicas (tf.distribute) ----------------------------------------------------------
