@@ -497,7 +497,7 @@ class NormalizedRNN(keras.layers.RNN):
         """`fused_loop` forward only (inference): no residuals kept, no statistics.
         `forward` and `weights` default to the cell's `step_forward` and `step_weights()`;
         `inputs` may be a tuple of batch-major per-step inputs of `forward`.
-        Returns `(hs, last_states)`."""
+        Returns `(hs, last_states)`, `hs` `None` without `return_sequences`."""
         step_mask = None
         if mask is not None:
             step_mask = ops.expand_dims(ops.transpose(ops.cast(mask, states[0].dtype)), -1)
@@ -507,9 +507,14 @@ class NormalizedRNN(keras.layers.RNN):
         else:
             inputs = ops.swapaxes(inputs, 0, 1)
         hs, last_states = forward_recurrence(
-            forward or self.cell.step_forward, inputs, step_mask, tuple(states), weights
+            forward or self.cell.step_forward,
+            inputs,
+            step_mask,
+            tuple(states),
+            weights,
+            all_outputs=self.return_sequences,
         )
-        return ops.transpose(hs, (1, 0, 2)), last_states
+        return None if hs is None else ops.transpose(hs, (1, 0, 2)), last_states
 
     @staticmethod
     def zero_padding(sequences, mask):
@@ -518,10 +523,17 @@ class NormalizedRNN(keras.layers.RNN):
         statistic, or turn a gradient into NaN."""
         return ops.where(ops.expand_dims(ops.cast(mask, "bool"), -1), sequences, 0)
 
-    def outputs_from_states(self, hs, mask):
+    def outputs_from_states(self, hs, mask, last_h=None):
         """`(last_output, outputs)` as Keras's loop gives them from the states after every
         step: at a padded step the previous output (zeros before the first real step),
-        or zeros with `zero_output_for_mask`."""
+        or zeros with `zero_output_for_mask`. `hs` is `None` without `return_sequences`:
+        then from `last_h`, the state after the last step (outputs: that one step)."""
+        if hs is None:
+            # Kept: after any real step; with zero_output_for_mask, a real last step.
+            hs = ops.expand_dims(last_h, 1)
+            if mask is not None:
+                mask = ops.cast(mask, "bool")
+                mask = mask[:, -1:] if self.zero_output_for_mask else ops.any(mask, axis=1, keepdims=True)
         if mask is None:
             return hs[:, -1], hs
         mask = ops.cast(mask, "bool")

@@ -672,12 +672,13 @@ class _BatchNormSequence(NormalizedRNN):
             hs, states = self._batch_statistics_loop(
                 sequences, input_slots, initial_state, mask, sample_mask, training
             )
-        real_steps = ops.cast(ops.shape(hs)[1], "float32")
+        real_steps = ops.cast(ops.shape(sequences)[1], "float32")
         if mask is not None:
             real_steps = ops.sum(sample_mask, axis=1, keepdims=True)
         states.append(initial_state[-1] + real_steps)
         self._step_counter.final = states[-1]
-        last_output, outputs = states[0], hs
+        # Without return_sequences, inference keeps no outputs but the last.
+        last_output, outputs = states[0], ops.expand_dims(states[0], 1) if hs is None else hs
         if original_mask is not None:
             last_output, outputs = self._outputs_in_input_order(states[0], outputs, original_mask)
         return last_output, outputs, states

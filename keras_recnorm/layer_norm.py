@@ -400,7 +400,7 @@ class _LayerNormSequence(NormalizedRNN):
             hs, last_states, _ = self.fused_loop(projected, initial_state, mask, training)
         else:
             hs, last_states = self.forward_loop(projected, initial_state, mask)
-        last_output, outputs = self.outputs_from_states(hs, mask)
+        last_output, outputs = self.outputs_from_states(hs, mask, last_states[0])
         return last_output, outputs, list(last_states)
 
 

@@ -309,6 +309,34 @@ def test_inference_loop_matches_reference_and_keras_loop(kind, case, rng):
         np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("zero_output_for_mask", [False, True])
+@pytest.mark.parametrize("padding", [None, "right", "left", "empty_sample"])
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_last_output_alone_equals_keras_loop(kind, padding, zero_output_for_mask, rng):
+    """Inference without `return_sequences` keeps no output but the last (the forward-only
+    loop writes none): last output and states equal Keras's loop over the cell, for right
+    and left padding, a sample that is all padding, with and without
+    `zero_output_for_mask`."""
+    options = dict(return_state=True, zero_output_for_mask=zero_output_for_mask)
+    layer, twin = make_layer(kind, **options), keras_loop(make_layer(kind, **options))
+    x = rng.normal(0, 1, (B, T, D)).astype("float32")
+    layer(x), twin(x)
+    set_weights_by_name(twin, randomize_weights(layer, rng))
+    mask = None
+    if padding is not None:
+        mask = np.arange(T)[None, :] < rng.integers(1, T, B)[:, None]
+        if padding == "left":
+            mask = mask[:, ::-1]
+        if padding == "empty_sample":
+            mask[0] = False
+    got, want = layer(x, mask=mask), twin(x, mask=mask)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-5, rtol=0)
+    if padding == "empty_sample":
+        np.testing.assert_array_equal(to_numpy(got[0])[0], 0.0)
+
+
 @pytest.mark.parametrize("kind", BN)
 def test_stateful_inference_with_per_sample_counters(kind, rng):
     """A stateful layer whose samples carry different counters: each reads its own slots,
