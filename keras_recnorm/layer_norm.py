@@ -12,6 +12,8 @@ The forward pass is DESIGN.md's everywhere. Why and what to expect:
 docs/degenerate_inputs.md.
 """
 
+import functools
+
 import keras
 from keras import ops
 
@@ -125,12 +127,12 @@ class LayerNormLSTMCell(GatedCell):
         )
         return weights + (self.bias,) if self.use_bias else weights
 
-    def step_forward(self, weights, x, h, states, mask=None):
+    def step_forward(self, weights, x, h, states, mask=None, one_activation=False):
         """One step from the (dropped-out) input `x` and state `h`, and the states
         `(h, c)` before dropout: the equations of DESIGN.md. The one step function of this
         cell, used by the cell and by `LayerNormLSTM`'s loop (`keras_recnorm.recurrence`);
         returns `((h', c'), residuals, ())`, the residuals being what `step_backward`
-        needs."""
+        needs. `one_activation`: see `lstm_gates` (the forward-only loop's)."""
         c = states[1]
         kernel, input_gamma, recurrent_kernel, recurrent_gamma, cell_gamma, cell_beta = weights[:6]
         input_hat, input_gain = layer_standardize(ops.matmul(x, kernel), self.epsilon, centered=True)
@@ -140,7 +142,7 @@ class LayerNormLSTMCell(GatedCell):
         z = input_gamma * input_hat + recurrent_gamma * recurrent_hat
         if self.use_bias:
             z = z + weights[6]
-        gates, c_new = self.lstm_gates(z, c)
+        gates, c_new = self.lstm_gates(z, c, one_activation)
         cell_hat, cell_gain = layer_standardize(c_new, self.epsilon)
         h_new, cell_output = self.lstm_output(gates, cell_gamma * cell_hat + cell_beta)
         residuals = (
@@ -399,9 +401,15 @@ class _LayerNormSequence(NormalizedRNN):
         if training:
             hs, last_states, _ = self.fused_loop(projected, initial_state, mask, training)
         else:
-            hs, last_states = self.forward_loop(projected, initial_state, mask)
+            hs, last_states = self.forward_loop(
+                projected, initial_state, mask, forward=self.forward_only_step()
+            )
         last_output, outputs = self.outputs_from_states(hs, mask, last_states[0])
         return last_output, outputs, list(last_states)
+
+    def forward_only_step(self):
+        """The step function of the forward-only loop (inference): the cell's."""
+        return self.cell.step_forward
 
 
 _LAYER_DOC = """
@@ -436,6 +444,10 @@ class LayerNormLSTM(_LayerNormSequence):
         cell="LayerNormLSTMCell", keras_layer="LSTM", name="LayerNormLSTM"
     )
     cell_class = LayerNormLSTMCell
+
+    def forward_only_step(self):
+        # Nothing is kept for a backward step: the gates come from one activation.
+        return functools.partial(self.cell.step_forward, one_activation=True)
 
 
 @register

@@ -7,6 +7,7 @@ KERAS_BACKEND=jax, where the BN layers must update their statistics after the lo
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
 from keras_recnorm import (
     BatchNormGRU,
@@ -671,6 +672,16 @@ def test_input_term_in_the_step_equals_it_before_the_loop(kind, rng, float64_on_
         np.testing.assert_allclose(a, b, atol=tolerance * max(1.0, np.abs(b).max()), rtol=tolerance)
     for name in want_after:
         np.testing.assert_allclose(after[name], want_after[name], atol=1e-7, rtol=0)
+
+
+def test_one_activation_gates_equal_split_gates(rng):
+    """The forward-only loop's LSTM gates (one sigmoid, tanh(g) = 2σ(2g) − 1) equal the
+    split ones, and so does the new cell state."""
+    cell = LayerNormLSTMCell(U)
+    z = ops.convert_to_tensor(rng.normal(0, 3, (B, 4 * U)).astype("float32"))
+    c = ops.convert_to_tensor(rng.normal(0, 1, (B, U)).astype("float32"))
+    for got, want in zip(cell.lstm_gates(z, c, one_activation=True), cell.lstm_gates(z, c)):
+        np.testing.assert_allclose(to_numpy(got), to_numpy(want), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("kind", list(LAYERS))
