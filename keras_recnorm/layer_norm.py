@@ -108,36 +108,41 @@ class LayerNormLSTMCell(GatedCell):
     def step(self, inputs, states, training=False):
         h, c = states[0], states[1]
         (h_new, c_new), _, _ = self.step_forward(
-            self.step_weights(), inputs, self.dropped_state(h, training), (h, c)
+            self.step_weights(centered=False), inputs, self.dropped_state(h, training), (h, c),
+            centered=False,
         )
         return h_new, [h_new, c_new]
 
-    def step_weights(self):
+    def step_weights(self, centered=True):
         """The weights `step_forward` uses, in its order (`bias` last, if any), the
-        kernels centered (`centered_columns`): the mean that each LN of a gate term
-        subtracts first is then 0 by construction."""
+        kernels `centered` (`centered_columns`; the loops'): the mean that each LN of a
+        gate term subtracts first is then 0 by construction. The cell's own `step`,
+        called once per step, takes them as they are (centering them there would cost a
+        pass over both kernels at every step of Keras's loop)."""
         width = (4 * self.units,)
+        center = (lambda w: centered_columns(w, width)) if centered else (lambda w: w)
         weights = (
-            centered_columns(self.kernel, width),
+            center(self.kernel),
             self.input_gamma,
-            centered_columns(self.recurrent_kernel, width),
+            center(self.recurrent_kernel),
             self.recurrent_gamma,
             self.cell_gamma,
             self.cell_beta,
         )
         return weights + (self.bias,) if self.use_bias else weights
 
-    def step_forward(self, weights, x, h, states, mask=None, one_activation=False):
+    def step_forward(self, weights, x, h, states, mask=None, one_activation=False, centered=True):
         """One step from the (dropped-out) input `x` and state `h`, and the states
         `(h, c)` before dropout: the equations of DESIGN.md. The one step function of this
         cell, used by the cell and by `LayerNormLSTM`'s loop (`keras_recnorm.recurrence`);
         returns `((h', c'), residuals, ())`, the residuals being what `step_backward`
-        needs. `one_activation`: see `lstm_gates` (the forward-only loop's)."""
+        needs. `one_activation`: see `lstm_gates` (the forward-only loop's); `centered`:
+        whether the kernels are (`step_weights`)."""
         c = states[1]
         kernel, input_gamma, recurrent_kernel, recurrent_gamma, cell_gamma, cell_beta = weights[:6]
-        input_hat, input_gain = layer_standardize(ops.matmul(x, kernel), self.epsilon, centered=True)
+        input_hat, input_gain = layer_standardize(ops.matmul(x, kernel), self.epsilon, centered)
         recurrent_hat, recurrent_gain = layer_standardize(
-            ops.matmul(h, recurrent_kernel), self.epsilon, centered=True
+            ops.matmul(h, recurrent_kernel), self.epsilon, centered
         )
         z = input_gamma * input_hat + recurrent_gamma * recurrent_hat
         if self.use_bias:
@@ -239,32 +244,34 @@ class LayerNormGRUCell(GatedCell):
     def step(self, inputs, states, training=False):
         h = states[0] if isinstance(states, (list, tuple)) else states
         (h_new,), _, _ = self.step_forward(
-            self.step_weights(), inputs, self.dropped_state(h, training), (h,)
+            self.step_weights(centered=False), inputs, self.dropped_state(h, training), (h,),
+            centered=False,
         )
         return h_new, [h_new]
 
-    def step_weights(self):
+    def step_weights(self, centered=True):
         """The weights `step_forward` uses, in its order (`bias` last, if any), the
-        kernels centered per normalized block (`centered_columns`)."""
+        kernels `centered` per normalized block (`centered_columns`; see the LN-LSTM's)."""
         widths = (2 * self.units, self.units)
+        center = (lambda w: centered_columns(w, widths)) if centered else (lambda w: w)
         weights = (
-            centered_columns(self.kernel, widths),
+            center(self.kernel),
             self.input_gate_gamma,
             self.input_candidate_gamma,
-            centered_columns(self.recurrent_kernel, widths),
+            center(self.recurrent_kernel),
             self.recurrent_gate_gamma,
             self.recurrent_candidate_gamma,
         )
         return weights + (self.bias,) if self.use_bias else weights
 
-    def _standardize_blocks(self, projection):
+    def _standardize_blocks(self, projection, centered=True):
         """LN of the (z, r) block and of the candidate block, separately, of a product
         with kernels centered per block: `(gate_hat, gate_gain, candidate_hat,
         candidate_gain)` (`layer_standardize`)."""
         units2 = 2 * self.units
         return layer_standardize(
-            projection[..., :units2], self.epsilon, centered=True
-        ) + layer_standardize(projection[..., units2:], self.epsilon, centered=True)
+            projection[..., :units2], self.epsilon, centered
+        ) + layer_standardize(projection[..., units2:], self.epsilon, centered)
 
     @staticmethod
     def _blocks_backward(d, standardized, gate_gamma, candidate_gamma):
@@ -288,15 +295,16 @@ class LayerNormGRUCell(GatedCell):
             ops.sum(d_candidate * candidate_hat, axis=0),
         )
 
-    def step_forward(self, weights, x, h_in, states, mask=None):
+    def step_forward(self, weights, x, h_in, states, mask=None, centered=True):
         """One step from the (dropped-out) input `x` and state `h_in`, and the states
         `(h,)` before dropout: the equations above. The one step function of this cell,
         used by the cell and by `LayerNormGRU`'s loop (`keras_recnorm.recurrence`);
-        returns `((h',), residuals, ())`, the residuals being what `step_backward` needs."""
+        returns `((h',), residuals, ())`, the residuals being what `step_backward` needs.
+        `centered`: whether the kernels are (`step_weights`)."""
         kernel, input_gate_gamma, input_candidate_gamma = weights[:3]
         recurrent_kernel, recurrent_gate_gamma, recurrent_candidate_gamma = weights[3:6]
-        x_std = self._standardize_blocks(ops.matmul(x, kernel))
-        h_std = self._standardize_blocks(ops.matmul(h_in, recurrent_kernel))
+        x_std = self._standardize_blocks(ops.matmul(x, kernel), centered)
+        h_std = self._standardize_blocks(ops.matmul(h_in, recurrent_kernel), centered)
         input_term = ops.concatenate([input_gate_gamma * x_std[0], input_candidate_gamma * x_std[2]], -1)
         if self.use_bias:
             input_term = input_term + weights[6]
