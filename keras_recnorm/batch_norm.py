@@ -639,9 +639,9 @@ class _BatchNormSequence(NormalizedRNN):
         cell = self.cell
         initial_state = list(initial_state[:-1]) + [self._step_counter.initial]
         inference = not cell.uses_batch_statistics(training)
-        if inference and not self.uses_fused_loop():
-            # Keras's loop over the cell (torch, half precision, other activations,
-            # unroll): every sample reads the slots of its own real steps there too (the
+        if inference and not self.uses_forward_loop():
+            # Keras's loop over the cell (half precision, other activations, unroll):
+            # every sample reads the slots of its own real steps there too (the
             # step counter is a state, held at padded steps).
             last_output, outputs, states = super().inner_loop(
                 sequences, initial_state, mask, training=training
@@ -890,9 +890,10 @@ _BN_LAYER_DOC = """
     - **speed**: in training, `x·kernel` is computed for all steps before the loop,
       and (TensorFlow or JAX, default activations, float32 or float64) the loop
       normalizes it and runs the cell's step with their hand-written derivative
-      (`keras_recnorm.recurrence`). At inference (same backends and dtypes) a
-      forward-only loop reads each sample's population statistics; elsewhere
-      (torch, half precision, other activations, `unroll`) it runs as `RNN({cell})`.
+      (`keras_recnorm.recurrence`). At inference (same backends and dtypes, and
+      torch) a forward-only loop reads each sample's population statistics; elsewhere
+      (torch training, half precision, other activations, `unroll`) it runs as
+      `RNN({cell})`.
 
     Steps are counted per sample, over its real steps only: the statistics of slot t come
     from every sample's t-th real step, and at inference each sample reads the slots of

@@ -63,6 +63,8 @@ def forward_recurrence(forward, inputs, mask, initial_states, weights, all_outpu
     measured 2-4% of a small LSTM's inference)."""
     steps = _Steps(forward, None, len(initial_states))
     initial_states, weights = tuple(initial_states), tuple(weights)
+    if keras.backend.backend() == "torch":
+        return _python_forward_recurrence(steps, inputs, mask, initial_states, weights, all_outputs)
     if keras.backend.backend() == "jax":
         import jax
 
@@ -89,6 +91,18 @@ def forward_recurrence(forward, inputs, mask, initial_states, weights, all_outpu
         lambda t, *_: t < length, body, (tf.constant(0), initial_states, hs)
     )
     return hs.stack() if all_outputs else None, last_states
+
+
+def _python_forward_recurrence(steps, inputs, mask, states, weights, all_outputs):
+    """`forward_recurrence` as a Python loop (torch runs eagerly: no graph loop)."""
+    first = inputs[0] if isinstance(inputs, tuple) else inputs
+    hs = []
+    for t in range(first.shape[0]):
+        x = tuple(a[t] for a in inputs) if isinstance(inputs, tuple) else inputs[t]
+        states = steps.advance(weights, x, states, None if mask is None else mask[t], None)[0]
+        if all_outputs:
+            hs.append(states[0])
+    return (keras.ops.stack(hs) if all_outputs else None), states
 
 
 def keep_padded(m, new, old):

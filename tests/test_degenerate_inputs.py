@@ -28,7 +28,7 @@ JAX = keras.backend.backend() == "jax"
 
 def generic(layer):
     """The layer with Keras's loop and autodiff instead of the fused loop."""
-    layer.uses_fused_loop = lambda: False
+    layer.uses_fused_loop = layer.uses_forward_loop = lambda: False
     return layer
 
 

@@ -231,13 +231,13 @@ def test_bidirectional_backward_direction_sees_real_steps_only(kind, rng):
 
 def keras_loop(layer):
     """`layer` running its inference as before the forward-only loop: Keras's loop over
-    the cell (as under half precision, `unroll` or torch)."""
-    layer.uses_fused_loop = lambda: False
+    the cell (as under half precision or `unroll`)."""
+    layer.uses_fused_loop = layer.uses_forward_loop = lambda: False
     return layer
 
 
-# Where the BN layers' forward-only inference loop runs (elsewhere: Keras's loop).
-FORWARD_LOOP_BACKEND = keras.backend.backend() in ("tensorflow", "jax")
+# Where the forward-only inference loop runs (elsewhere: Keras's loop).
+FORWARD_LOOP_BACKEND = keras.backend.backend() in ("tensorflow", "jax", "torch")
 
 
 def record_population_loops(layer):
@@ -693,6 +693,10 @@ def test_fused_loop_only_for_what_its_derivative_covers(kind):
     assert not make_layer(kind, recurrent_activation="hard_sigmoid").uses_fused_loop()
     assert not make_layer(kind, unroll=True).uses_fused_loop()
     assert not make_layer(kind, dtype="mixed_float16").uses_fused_loop()
+    # Inference: the forward-only loop, on torch too, under the same conditions.
+    assert default.uses_forward_loop()
+    for options in ({"activation": "relu"}, {"unroll": True}, {"dtype": "mixed_float16"}):
+        assert not make_layer(kind, **options).uses_forward_loop()
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's fused loop")
