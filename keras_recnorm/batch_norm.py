@@ -639,7 +639,7 @@ class _BatchNormSequence(NormalizedRNN):
         cell = self.cell
         initial_state = list(initial_state[:-1]) + [self._step_counter.initial]
         inference = not cell.uses_batch_statistics(training)
-        if inference and not self.uses_forward_loop():
+        if inference and not self.uses_fused_loop():
             # Keras's loop over the cell (half precision, other activations, unroll):
             # every sample reads the slots of its own real steps there too (the
             # step counter is a state, held at padded steps).

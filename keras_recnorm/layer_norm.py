@@ -399,7 +399,7 @@ class _LayerNormSequence(NormalizedRNN):
     the `(B, T, 4U)` input term measured slower (docs/throughput.md)."""
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
-        if not (self.uses_fused_loop() if training else self.uses_forward_loop()):
+        if not self.uses_fused_loop():
             return super().inner_loop(sequences, initial_state, mask, training=training)
         if mask is not None:
             sequences = self.zero_padding(sequences, mask)

@@ -1,6 +1,7 @@
 """The recurrence of the whole-sequence layers, with a hand-written gradient: one driver
 for any cell's state tuple (LSTM: `(h, c)`, GRU: `(h,)`), on TensorFlow (`tf.while_loop`
-with `tf.custom_gradient`) and on JAX (`lax.scan` with `jax.custom_vjp`).
+with `tf.custom_gradient`) and on JAX (`lax.scan` with `jax.custom_vjp`); on torch, which
+runs eagerly, a Python loop over the forward step that autograd differentiates.
 
 Why: differentiating a `tf.while_loop` automatically keeps every intermediate of every
 step in its own stack and runs several small ops backward per forward op; on a CPU those
@@ -45,7 +46,9 @@ def recurrence(forward, backward, inputs, mask, initial_states, recurrent_mask, 
         the state tuple after the last step, and every statistic stacked over the
         steps `(T, ...)` (without gradient).
     """
-    driver = _jax_recurrence if keras.backend.backend() == "jax" else _tf_recurrence
+    driver = {"jax": _jax_recurrence, "torch": _autograd_recurrence}.get(
+        keras.backend.backend(), _tf_recurrence
+    )
     steps = _Steps(forward, backward, len(initial_states))
     hs, tail, statistics = driver(
         steps, inputs, mask, tuple(initial_states), recurrent_mask, tuple(weights)
@@ -91,6 +94,18 @@ def forward_recurrence(forward, inputs, mask, initial_states, weights, all_outpu
         lambda t, *_: t < length, body, (tf.constant(0), initial_states, hs)
     )
     return hs.stack() if all_outputs else None, last_states
+
+
+def _autograd_recurrence(steps, inputs, mask, initial_states, recurrent_mask, weights):
+    """`recurrence` on torch: a Python loop over the step functions, differentiated by
+    torch's autograd (eager: the step derivative would save no kernel launches)."""
+    states, outputs = initial_states, []
+    for t in range(inputs.shape[0]):
+        m = None if mask is None else mask[t]
+        states, _, returned = steps.advance(weights, inputs[t], states, m, recurrent_mask)
+        outputs.append(returned)
+    hs, *statistics = (keras.ops.stack(values) for values in zip(*outputs))
+    return hs, states[1:], statistics
 
 
 def _python_forward_recurrence(steps, inputs, mask, states, weights, all_outputs):

@@ -28,7 +28,7 @@ JAX = keras.backend.backend() == "jax"
 
 def generic(layer):
     """The layer with Keras's loop and autodiff instead of the fused loop."""
-    layer.uses_fused_loop = layer.uses_forward_loop = lambda: False
+    layer.uses_fused_loop = lambda: False
     return layer
 
 
@@ -41,9 +41,10 @@ def rnn_of(cell_class):
 
 
 # name -> a function of (units, return_sequences=, dtype=, **cell arguments) giving the
-# recurrent layer. "fused": the layer's loop with the hand-written step derivative
-# (TensorFlow and JAX, training); the others differentiate Keras's loop.
-FUSED_BACKEND = keras.backend.backend() in ("tensorflow", "jax")
+# recurrent layer. "fused": the layer's loop (training: with the hand-written step
+# derivative on TensorFlow and JAX, differentiated by autograd on torch); the others
+# differentiate Keras's loop.
+FUSED_BACKEND = keras.backend.backend() in ("tensorflow", "jax", "torch")
 VARIANTS = {
     "LayerNormLSTM-fused": LayerNormLSTM,
     "LayerNormLSTM-generic": lambda units, **kwargs: generic(LayerNormLSTM(units, **kwargs)),
@@ -53,7 +54,7 @@ VARIANTS = {
     "RNN(LayerNormGRUCell)": rnn_of(LayerNormGRUCell),
     "RNN(LayerNormSimpleRNNCell)": rnn_of(LayerNormSimpleRNNCell),
 }
-if not FUSED_BACKEND:  # no fused loop on torch: each layer's two variants are one
+if not FUSED_BACKEND:  # no fused loop (another backend): each layer's two variants are one
     del VARIANTS["LayerNormLSTM-generic"], VARIANTS["LayerNormGRU-generic"]
 
 
