@@ -806,7 +806,7 @@ class _BatchNormSequence(NormalizedRNN):
 
     def _generic_loop(self, projected, initial_state, sample_mask, training):
         """The recurrence over `cell.step` in training, for what the fused loop doesn't run
-        (torch, other activations or dtypes, `unroll`), as a
+        (other activations or dtypes, `unroll`), as a
         `keras.ops.scan` whose carry holds the states and the step's statistics (the
         TensorFlow scan returns values shaped as its carry). Real steps come first: a
         padded step keeps the state. Returns `(hs (B, T, U), final states without the
@@ -890,10 +890,10 @@ _BN_LAYER_DOC = """
     - **speed**: in training, `x·kernel` is computed for all steps before the loop,
       and (TensorFlow or JAX, default activations, float32 or float64) the loop
       normalizes it and runs the cell's step with their hand-written derivative
-      (`keras_recnorm.recurrence`). At inference (same backends and dtypes, and
-      torch) a forward-only loop reads each sample's population statistics; elsewhere
-      (torch training, half precision, other activations, `unroll`) it runs as
-      `RNN({cell})`.
+      (`keras_recnorm.recurrence`; on torch a Python loop that autograd
+      differentiates). At inference (same backends and dtypes) a forward-only loop
+      reads each sample's population statistics; elsewhere (half precision, other
+      activations, `unroll`) it runs as `RNN({cell})`.
 
     Steps are counted per sample, over its real steps only: the statistics of slot t come
     from every sample's t-th real step, and at inference each sample reads the slots of

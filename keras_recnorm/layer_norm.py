@@ -393,10 +393,10 @@ class LayerNormSimpleRNNCell(NormalizedCell):
 class _LayerNormSequence(NormalizedRNN):
     """The LN whole-sequence layers. On TensorFlow and JAX, training runs the loop with
     the cell's hand-written step derivative, inference a forward-only loop over the same
-    step function (no residuals kept), also on torch (a Python loop). Otherwise (torch
-    training, other activations, half precision, `unroll`) Keras's loop over the cell.
-    The step projects its own input: hoisted,
-    the `(B, T, 4U)` input term measured slower (docs/throughput.md)."""
+    step function (no residuals kept); on torch both are Python loops over it (training
+    differentiated by autograd). Otherwise (other activations, half precision, `unroll`)
+    Keras's loop over the cell. The step projects its own input: hoisted, the
+    `(B, T, 4U)` input term measured slower (docs/throughput.md)."""
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if not self.uses_fused_loop():
@@ -428,8 +428,8 @@ _LAYER_DOC = """
     Same weights (same names) and outputs as `keras.layers.RNN({cell}(...))`. Faster on
     TensorFlow and JAX (with the default activations, float32 or float64): the loop runs
     the cell's step with its hand-written derivative (`keras_recnorm.recurrence`) instead
-    of differentiating the loop, and inference runs it forward only (on torch too).
-    Elsewhere it runs as `RNN({cell})`.
+    of differentiating the loop, and inference runs it forward only; on torch, Python
+    loops over the same step. Elsewhere it runs as `RNN({cell})`.
 
     Call arguments:
         sequences: a 3D tensor `(batch, timesteps, features)`.
