@@ -97,27 +97,31 @@ def forward_recurrence(forward, inputs, mask, initial_states, weights, all_outpu
 
 
 def _autograd_recurrence(steps, inputs, mask, initial_states, recurrent_mask, weights):
-    """`recurrence` on torch: a Python loop over the step functions, differentiated by
-    torch's autograd (eager: the step derivative would save no kernel launches)."""
-    states, outputs = initial_states, []
-    for t in range(inputs.shape[0]):
-        m = None if mask is None else mask[t]
-        states, _, returned = steps.advance(weights, inputs[t], states, m, recurrent_mask)
-        outputs.append(returned)
-    hs, *statistics = (keras.ops.stack(values) for values in zip(*outputs))
+    """`recurrence` on torch: the Python loop, differentiated by torch's autograd (eager:
+    the step derivative would save no kernel launches)."""
+    returned, states = _python_loop(steps, inputs, mask, initial_states, weights, recurrent_mask)
+    hs, *statistics = (keras.ops.stack(values) for values in zip(*returned))
     return hs, states[1:], statistics
 
 
 def _python_forward_recurrence(steps, inputs, mask, states, weights, all_outputs):
-    """`forward_recurrence` as a Python loop (torch runs eagerly: no graph loop)."""
-    first = inputs[0] if isinstance(inputs, tuple) else inputs
-    hs = []
-    for t in range(first.shape[0]):
-        x = tuple(a[t] for a in inputs) if isinstance(inputs, tuple) else inputs[t]
-        states = steps.advance(weights, x, states, None if mask is None else mask[t], None)[0]
-        if all_outputs:
-            hs.append(states[0])
-    return (keras.ops.stack(hs) if all_outputs else None), states
+    """`forward_recurrence` on torch: the Python loop."""
+    returned, states = _python_loop(steps, inputs, mask, states, weights, None)
+    return (keras.ops.stack([r[0] for r in returned]) if all_outputs else None), states
+
+
+def _python_loop(steps, inputs, mask, states, weights, recurrent_mask):
+    """The steps in a Python loop (torch runs eagerly: there is no graph loop to build).
+    `inputs` a time-major tensor or tuple of them. Returns what each step returns
+    (`h'`, then the statistics) and the final states."""
+    nested = isinstance(inputs, tuple)
+    returned = []
+    for t in range((inputs[0] if nested else inputs).shape[0]):
+        x = tuple(a[t] for a in inputs) if nested else inputs[t]
+        m = None if mask is None else mask[t]
+        states, _, step_returned = steps.advance(weights, x, states, m, recurrent_mask)
+        returned.append(step_returned)
+    return returned, states
 
 
 def keep_padded(m, new, old):

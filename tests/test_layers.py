@@ -385,7 +385,9 @@ def test_bidirectional_inference_equals_keras_loop_and_reference(kind, rng):
     np.testing.assert_allclose(got, to_numpy(old(x, mask=mask)), atol=1e-5, rtol=0)
 
 
-@pytest.mark.skipif(keras.backend.backend() not in ("tensorflow", "jax", "torch"), reason="no fused loop")
+@pytest.mark.skipif(
+    keras.backend.backend() not in ("tensorflow", "jax", "torch"), reason="no fused loop"
+)
 @pytest.mark.parametrize("policy, atol", [("mixed_bfloat16", 0.1), ("mixed_float16", 2e-2)])
 @pytest.mark.parametrize("kind", BN)
 def test_half_precision_inference_runs_keras_loop_and_agrees(kind, policy, atol, rng):
@@ -550,7 +552,7 @@ def weigh_float64_outputs(outputs):
     """A fixed random linear function of every output and state (not the BN step counter,
     a float32 count)."""
     return sum(
-        keras.ops.sum(o * keras.ops.convert_to_tensor(np.random.default_rng(k).normal(size=o.shape)))
+        keras.ops.sum(o * ops.convert_to_tensor(np.random.default_rng(k).normal(size=o.shape)))
         for k, o in enumerate(outputs)
         if keras.backend.standardize_dtype(o.dtype) == "float64"
     )
@@ -594,7 +596,9 @@ def outputs_and_gradients(layer, x, mask, weigh):
     return outputs, [dx] + list(dw)
 
 
-@pytest.mark.skipif(keras.backend.backend() not in ("tensorflow", "jax", "torch"), reason="no fused loop")
+@pytest.mark.skipif(
+    keras.backend.backend() not in ("tensorflow", "jax", "torch"), reason="no fused loop"
+)
 @pytest.mark.parametrize(
     "options",
     [
@@ -609,8 +613,8 @@ def outputs_and_gradients(layer, x, mask, weigh):
 def test_fused_loop_gradients_equal_autodiff(kind, options, rng, float64_on_jax):
     """The hand-written step derivatives (every layer in training, on TensorFlow and JAX;
     on torch the driver's Python loop, differentiated by autograd) against the backend's
-    own differentiation of the same layer's generic loop, in float64: outputs, states, every gradient and the updated
-    statistics."""
+    own differentiation of the same layer's generic loop, in float64: outputs, states,
+    every gradient and the updated statistics."""
     options = dict(options)
     masked = options.pop("masked", False)
     x = rng.normal(0, 1, (B, T, D))
@@ -658,7 +662,9 @@ def test_fused_loop_gradients_equal_autodiff(kind, options, rng, float64_on_jax)
         np.testing.assert_allclose(after[name], want_after[name], atol=statistics_tolerance, rtol=0)
 
 
-@pytest.mark.skipif(keras.backend.backend() not in ("tensorflow", "jax", "torch"), reason="no fused loop")
+@pytest.mark.skipif(
+    keras.backend.backend() not in ("tensorflow", "jax", "torch"), reason="no fused loop"
+)
 @pytest.mark.parametrize("kind", BN)
 def test_input_term_in_the_step_equals_it_before_the_loop(kind, rng, float64_on_jax):
     """The fused loop normalizes the BN input term in the step; with `synchronized=True`
@@ -686,7 +692,8 @@ def test_input_term_in_the_step_equals_it_before_the_loop(kind, rng, float64_on_
         a, b = to_numpy(a), to_numpy(b)
         np.testing.assert_allclose(a, b, atol=tolerance * max(1.0, np.abs(b).max()), rtol=tolerance)
     for name in want_after:
-        np.testing.assert_allclose(after[name], want_after[name], atol=1e-6 if keras.backend.backend() == "torch" else 1e-7, rtol=0)
+        statistics_tolerance = 1e-6 if keras.backend.backend() == "torch" else 1e-7
+        np.testing.assert_allclose(after[name], want_after[name], atol=statistics_tolerance, rtol=0)
 
 
 def test_one_activation_gates_equal_split_gates(rng):
