@@ -157,14 +157,15 @@ def best_runner(name, shape, trials, jit_settings, methods=("train", "infer")):
 
 def alternating_ratios(candidate, baseline, method, repeats):
     """Median over steps of candidate-time / baseline-time, run one after the other;
-    and the candidate's median time."""
-    ratios, seconds = [], []
+    the candidate's median time, and the baseline's times of these steps."""
+    ratios, seconds, baseline_seconds = [], [], []
     for _ in range(repeats):
         base = getattr(baseline, method)()
         cand = getattr(candidate, method)()
         ratios.append(cand / base)
         seconds.append(cand)
-    return statistics.median(ratios), statistics.median(seconds)
+        baseline_seconds.append(base)
+    return statistics.median(ratios), statistics.median(seconds), baseline_seconds
 
 
 def matmul_flops(name, shape, training):
@@ -197,6 +198,9 @@ def benchmark_shape(shape, names, repeats, trials, jit_settings, methods=("train
     for a method not measured)."""
     rate = matmul_rate(shape)
     baselines = {}
+    # The twins' step times while they alternated with the candidates: a twin's own
+    # time can change within a process, and its row should show the time the ratios saw.
+    baseline_times = {}
     rows = []
     for name in names:
         twin = TWINS[name]
@@ -211,14 +215,20 @@ def benchmark_shape(shape, names, repeats, trials, jit_settings, methods=("train
                 ratio = 1.0
                 seconds = statistics.median(getattr(baseline, method)() for _ in range(repeats))
             elif method in methods:
-                ratio, seconds = alternating_ratios(candidate, baseline, method, repeats)
+                ratio, seconds, seen = alternating_ratios(candidate, baseline, method, repeats)
+                baseline_times.setdefault((twin, method), []).extend(seen)
             row[f"{method}_ratio"] = ratio
             row[f"{method}_ms"] = None if seconds is None else 1e3 * seconds
-        row["train_roofline"] = None
-        if row["train_ms"] is not None:
-            row["train_roofline"] = matmul_flops(name, shape, True) / rate / (row["train_ms"] / 1e3)
         rows.append(row)
         print(f"  measured {name}", file=sys.stderr, flush=True)
+    for row in rows:
+        for method in ("train", "infer"):
+            seen = baseline_times.get((row["name"], method))
+            if row["name"] == row["twin"] and seen:
+                row[f"{method}_ms"] = 1e3 * statistics.median(seen)
+        row["train_roofline"] = None
+        if row["train_ms"] is not None:
+            row["train_roofline"] = matmul_flops(row["name"], shape, True) / rate / (row["train_ms"] / 1e3)
     return rows
 
 
