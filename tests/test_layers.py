@@ -229,6 +229,12 @@ def test_bidirectional_backward_direction_sees_real_steps_only(kind, rng):
 # -- BN inference: the forward-only loop with population statistics -------------------
 
 
+# The backends where the layers run their own loops (`NormalizedRNN.uses_fused_loop`).
+needs_fused_loop = pytest.mark.skipif(
+    keras.backend.backend() not in ("tensorflow", "jax", "torch"), reason="no fused loop"
+)
+
+
 def keras_loop(layer):
     """`layer` running its inference as before the forward-only loop: Keras's loop over
     the cell (as under half precision or `unroll`)."""
@@ -385,9 +391,7 @@ def test_bidirectional_inference_equals_keras_loop_and_reference(kind, rng):
     np.testing.assert_allclose(got, to_numpy(old(x, mask=mask)), atol=1e-5, rtol=0)
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() not in ("tensorflow", "jax", "torch"), reason="no fused loop"
-)
+@needs_fused_loop
 @pytest.mark.parametrize("policy, atol", [("mixed_bfloat16", 0.1), ("mixed_float16", 2e-2)])
 @pytest.mark.parametrize("kind", BN)
 def test_half_precision_inference_runs_keras_loop_and_agrees(kind, policy, atol, rng):
@@ -596,9 +600,7 @@ def outputs_and_gradients(layer, x, mask, weigh):
     return outputs, [dx] + list(dw)
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() not in ("tensorflow", "jax", "torch"), reason="no fused loop"
-)
+@needs_fused_loop
 @pytest.mark.parametrize(
     "options",
     [
@@ -662,9 +664,7 @@ def test_fused_loop_gradients_equal_autodiff(kind, options, rng, float64_on_jax)
         np.testing.assert_allclose(after[name], want_after[name], atol=statistics_tolerance, rtol=0)
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() not in ("tensorflow", "jax", "torch"), reason="no fused loop"
-)
+@needs_fused_loop
 @pytest.mark.parametrize("kind", BN)
 def test_input_term_in_the_step_equals_it_before_the_loop(kind, rng, float64_on_jax):
     """The fused loop normalizes the BN input term in the step; with `synchronized=True`
