@@ -292,6 +292,46 @@ def worker_mirrored(tmp_dir):
     # Inference of such a model is fine (no statistics move).
     model.predict(x, verbose=0)
 
+    _check_layer_norm_layers_mirrored(strategy, x, y)
+
+
+def _check_layer_norm_layers_mirrored(strategy, x, y):
+    """The LN layers' fused loop (its hand-written step derivative) under two replicas:
+    one SGD step of the padded batch (one sample all padding) moves every weight as
+    Keras's loop with autodiff does on one device, in float64."""
+    import keras
+
+    from keras_recnorm import LayerNormGRU, LayerNormLSTM
+
+    x = x.astype("float64")
+    x[1] = 0.0  # a sample that is padding only
+    y = y.astype("float64")
+
+    def trained(layer_class, fused):
+        keras.utils.set_random_seed(3)
+        layer = layer_class(UNITS, dtype="float64", name="rnn")
+        if not fused:
+            layer.uses_fused_loop = lambda: False
+        model = keras.Sequential([
+            keras.Input((STEPS, FEATURES), dtype="float64"),
+            keras.layers.Masking(0.0, dtype="float64"),
+            layer,
+            keras.layers.Dense(1, dtype="float64"),
+        ])
+        model.compile(keras.optimizers.SGD(0.5), "mse")
+        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+        return model
+
+    for layer_class in (LayerNormLSTM, LayerNormGRU):
+        with strategy.scope():
+            mirrored = trained(layer_class, fused=True)
+        assert mirrored.get_layer("rnn").uses_fused_loop()
+        one_device = trained(layer_class, fused=False)
+        for got, want in zip(mirrored.weights, one_device.weights):
+            np.testing.assert_allclose(
+                got.numpy(), want.numpy(), atol=1e-12, err_msg=f"{layer_class.__name__}: {got.path}"
+            )
+
 
 def worker_synchronized():
     strategy = _two_cpu_strategy()
