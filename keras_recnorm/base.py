@@ -1,8 +1,9 @@
-"""What every normalized cell shares: arguments, validation, weights helpers, dropout,
-config, and the LSTM/GRU state updates that follow the gates.
+"""What every normalized cell and layer shares: arguments, validation, weights helpers,
+dropout, config; a cell's Keras `call` derived from its step (`keras_recnorm.steps`); the
+whole-sequence layer's loops.
 
 The paper-specific parts (where and how the pre-activations are normalized) live in
-`layer_norm.py` and `batch_norm.py`.
+`layer_norm.py` and `batch_norm.py`, the gate maths in `steps.py`.
 """
 
 import inspect
@@ -13,8 +14,7 @@ import numpy as np
 from keras import activations, constraints, initializers, ops, regularizers
 from keras.layers import Layer
 
-from keras_recnorm.compat import DropoutRNNCell, rnn
-
+from keras_recnorm.compat import DropoutRNNCell
 from keras_recnorm.recurrence import forward_recurrence, recurrence
 
 
@@ -67,11 +67,15 @@ class NormalizedCell(Layer, DropoutRNNCell):
     """Base of all cells: the arguments Keras's recurrent cells take, plus the
     normalization arguments (`epsilon`, `gamma_*`, `beta_*`).
 
-    Subclasses create their weights in `build`, and implement `input_projection`
-    (everything that depends on the current input only) and `step` (the recurrence).
-    `call` is `step(input_projection(dropout(x)), states)`: the whole-sequence layers call
-    the same two methods, `input_projection` once for all time steps.
+    Subclasses create their weights in `build` and implement the step protocol
+    (`keras_recnorm.steps`): `step_forward` and `step_backward`, over the weights tuple
+    `weights_type` whose fields are their weights' names. `call`, Keras's one step, is
+    `step_forward` with dropout; the whole-sequence layers run the same `step_forward` in
+    their loops.
     """
+
+    # The cell's weights tuple (keras_recnorm.steps): its fields are the weights' names.
+    weights_type = None
 
     def __init__(
         self,
@@ -215,10 +219,30 @@ class NormalizedCell(Layer, DropoutRNNCell):
 
     # -- the cell protocol ----------------------------------------------------------
 
+    def step_weights(self):
+        """The cell's weights as `step_forward` takes them: a `weights_type` tuple, `None`
+        for a weight the cell doesn't have (`bias` without `use_bias`)."""
+        return self.weights_type._make(getattr(self, name) for name in self.weights_type._fields)
+
+    def run_step(self, weights, x, states, training, **options):
+        """`step_forward` as Keras's loop runs it, recurrent dropout applied to `h`: returns
+        `(new_states, statistics)`."""
+        states = tuple(states)
+        h_in = self.dropped_state(states[0], training)
+        new_states, _, statistics = self.step_forward(weights, x, h_in, states, **options)
+        return list(new_states), statistics
+
     def call(self, inputs, states, training=False):
         check_numeric_inputs(self, inputs)
-        projected = self.input_projection(self.dropped_inputs(inputs, training))
-        return self.step(projected, states, training=training)
+        states = states if isinstance(states, (list, tuple)) else [states]
+        new_states, _ = self.run_step(
+            self.step_weights(), self.dropped_inputs(inputs, training), states, training
+        )
+        return new_states[0], new_states
+
+    def supports_fused_loop(self):
+        """The hand-written step derivatives assume the default activations."""
+        return self.activation is activations.tanh
 
     def get_initial_state(self, batch_size=None):
         sizes = self.state_size if isinstance(self.state_size, (list, tuple)) else [self.state_size]
@@ -276,85 +300,8 @@ class GatedCell(NormalizedCell):
         self.cell_gamma = self.add_gamma("cell_gamma", self.units)
         self.cell_beta = self.add_beta("cell_beta", self.units)
 
-    def lstm_gates(self, z, c, one_activation=False):
-        """The LSTM's gates from their pre-activations `z` (order i, f, g, o) and the new
-        cell state `c' = σ(f)·c + σ(i)·tanh(g)` (carried raw); returns `(gates, c')`
-        with `gates = [σ(i), σ(f), tanh(g), σ(o)]`. `one_activation` (default
-        activations only): all four gates from one sigmoid, `tanh(g) = 2σ(2g) − 1`, no
-        split and concatenation; measured faster in the forward-only loop (8% of
-        `LayerNormLSTM`'s inference step) and slower where the gates are saved for the
-        backward step (5% of its training step), docs/throughput.md."""
-        if one_activation:
-            ones = ops.ones_like(z[:1, : self.units])
-            scale = ops.concatenate([ones, ones, 2.0 * ones, ones], axis=-1)
-            gates = ops.sigmoid(z * scale) * scale + (1.0 - scale)
-            i, f, g = (gates[..., k * self.units : (k + 1) * self.units] for k in range(3))
-            return gates, f * c + i * g
-        i, f, g, o = ops.split(z, 4, axis=-1)
-        sigma, tanh = self.recurrent_activation, self.activation
-        i, f, g, o = sigma(i), sigma(f), tanh(g), sigma(o)
-        return ops.concatenate([i, f, g, o], axis=-1), f * c + i * g
-
-    def lstm_output(self, gates, normalized_cell):
-        """`h' = σ(o)·tanh(N(c'))`; returns `(h', tanh(N(c')))`."""
-        cell_output = self.activation(normalized_cell)
-        return gates[..., 3 * self.units :] * cell_output, cell_output
-
     def supports_fused_loop(self):
-        """The hand-written step derivatives assume the default activations."""
-        return (
-            self.activation is activations.tanh
-            and self.recurrent_activation is activations.sigmoid
-        )
-
-    def gru_update(self, input_term, recurrent_term, h):
-        """The GRU update (`reset_after` form) from the normalized, biased input term and
-        the normalized recurrent term, each laid out (z, r | candidate):
-        `h̃ = tanh(x_h + r·h_h)`, `h' = z·h + (1 − z)·h̃`."""
-        return self.gru_gates(input_term, recurrent_term, h)[0]
-
-    def gru_gates(self, input_term, recurrent_term, h):
-        """`gru_update`, returning `(h', gates, h̃)` with `gates = [σ(z), σ(r)]`."""
-        units2 = 2 * self.units
-        gates = self.recurrent_activation(input_term[..., :units2] + recurrent_term[..., :units2])
-        z, r = ops.split(gates, 2, axis=-1)
-        candidate = self.activation(input_term[..., units2:] + r * recurrent_term[..., units2:])
-        return z * h + (1.0 - z) * candidate, gates, candidate
-
-
-def gru_gates_backward(dh_new, gates, candidate, recurrent_candidate, h):
-    """Backward of `gru_gates` (sigmoid and tanh), `recurrent_candidate` being the
-    candidate's recurrent term `h_h`: `(d_input_term, d_recurrent_term, dh)`, the last the
-    gradient of `h` through `z·h` only."""
-    z, r = ops.split(gates, 2, axis=-1)
-    d_candidate = dh_new * (1.0 - z) * (1.0 - ops.square(candidate))
-    d_gates = ops.concatenate(
-        [dh_new * (h - candidate) * z * (1.0 - z), d_candidate * recurrent_candidate * r * (1.0 - r)],
-        axis=-1,
-    )
-    d_input = ops.concatenate([d_gates, d_candidate], axis=-1)
-    d_recurrent = ops.concatenate([d_gates, d_candidate * r], axis=-1)
-    return d_input, d_recurrent, dh_new * z
-
-
-def lstm_output_backward(dh, gates, cell_output):
-    """Backward of `lstm_output`: `(d_o, d_n)`, the gradients of the output gate (after
-    its sigmoid) and of the normalized cell state `n` (before its tanh)."""
-    units = ops.shape(cell_output)[-1]
-    o = gates[..., 3 * units :]
-    return dh * cell_output, dh * o * (1.0 - ops.square(cell_output))
-
-
-def lstm_gates_backward(dc, d_o, gates, c):
-    """Backward of `lstm_gates` (sigmoid and tanh): `(dz, dc_prev)` from the gradient of
-    `c'` and of the output gate."""
-    i, f, g, o = ops.split(gates, 4, axis=-1)
-    dz = ops.concatenate(
-        [dc * g * i * (1.0 - i), dc * c * f * (1.0 - f), dc * i * (1.0 - ops.square(g)),
-         d_o * o * (1.0 - o)],
-        axis=-1,
-    )
-    return dz, dc * f
+        return super().supports_fused_loop() and self.recurrent_activation is activations.sigmoid
 
 
 def check_known_arguments(layer, kwargs):
@@ -381,9 +328,9 @@ class NormalizedRNN(keras.layers.RNN):
 
     Constructed like `keras.layers.LSTM`: the cell's arguments and the RNN's arguments
     in one call; the config is the cell's config plus the RNN's. Subclasses override
-    `inner_loop`, where the input term is computed for all time steps at once before the
-    recurrence (`cell.input_projection` on the whole sequence) and only the cell's step
-    function runs inside the loop (`fused_loop`: with its hand-written derivative).
+    `inner_loop` to run the cell's step in the loops of `keras_recnorm.recurrence`
+    (`fused_loop`: training, with the step's hand-written derivative; `forward_loop`:
+    inference), where they can.
     """
 
     cell_class = None
@@ -451,51 +398,31 @@ class NormalizedRNN(keras.layers.RNN):
             return sequences * ops.expand_dims(mask, 1)
         return sequences
 
-    def run_loop(self, step, sequences, initial_state, mask, return_all_outputs):
-        # keras.ops has no RNN loop with masking; the backend's is the one RNN uses.
-        return rnn(
-            step,
-            sequences,
-            initial_state,
-            mask=mask,
-            unroll=self.unroll,
-            input_length=sequences.shape[1],
-            zero_output_for_mask=self.zero_output_for_mask,
-            return_all_outputs=return_all_outputs,
-        )
-
     def uses_fused_loop(self):
         """Whether `fused_loop` (training) and `forward_loop` (inference) can run this
-        layer: a cell with a step derivative and its default activations, single or
-        double precision, no `unroll`; on TensorFlow and JAX (the derivative runs) or
-        torch (a Python loop over the step function, differentiated by autograd: Keras's
-        loop calls the cell as a layer at every step, which made inference 2-2.5x and
-        the LN layers' training 1.4x slower there)."""
-        cell = self.cell
+        layer: the cell's default activations (what its step derivative assumes), single
+        or double precision, no `unroll`; on TensorFlow and JAX (the derivative runs) or
+        torch (a Python loop over the step function, differentiated by autograd: faster
+        than Keras's loop, which calls the cell as a layer at every step;
+        docs/throughput.md, "torch")."""
         return (
             keras.backend.backend() in ("tensorflow", "jax", "torch")
             and not self.unroll
-            and hasattr(cell, "step_backward")
-            and cell.supports_fused_loop()
-            and cell.compute_dtype in ("float32", "float64")
+            and self.cell.supports_fused_loop()
+            and self.cell.compute_dtype in ("float32", "float64")
         )
 
-    def fused_loop(self, inputs, states, mask, training, steps=None):
-        """The recurrence over the step inputs `(B, T, F)` (what `cell.input_projection`
-        gives) with the cell's hand-written step derivative (`keras_recnorm.recurrence`),
-        from the state tuple `states` (`h` first; the LSTM: `(h, c)`, the GRU: `(h,)`).
-        `steps` replaces the cell's `(step_forward, step_backward, step_weights())`.
-        Returns `(hs, last_states, statistics)`: the `h` state after every step
-        `(B, T, U)` (a padded step keeps the states), the state tuple after the last
-        step, and the cell's per-step statistics, time-major."""
-        cell = self.cell
-        forward, backward, weights = steps or (cell.step_forward, cell.step_backward, cell.step_weights())
-        recurrent_mask = cell.get_recurrent_dropout_mask(states[0]) if training else None
+    def fused_loop(self, inputs, states, mask, training, forward, backward, weights):
+        """The recurrence over the step inputs `(B, T, F)` with the step's hand-written
+        derivative (`keras_recnorm.recurrence`), from the state tuple `states` (`h` first;
+        the LSTM: `(h, c)`, the GRU: `(h,)`). `forward`, `backward` and `weights`: the
+        step protocol's (`keras_recnorm.steps`). Returns `(hs, last_states, statistics)`:
+        the `h` state after every step `(B, T, U)` (a padded step keeps the states), the
+        state tuple after the last step, and the step's statistics, time-major."""
+        recurrent_mask = self.cell.get_recurrent_dropout_mask(states[0]) if training else None
         step_mask = None
         if mask is not None:
             step_mask = ops.expand_dims(ops.transpose(ops.cast(mask, inputs.dtype)), -1)
-        # Tensors, not variables: tf.custom_gradient must not see a variable read inside.
-        weights = [ops.copy(w) for w in weights]
         hs, last_states, statistics = recurrence(
             forward,
             backward,
@@ -507,26 +434,19 @@ class NormalizedRNN(keras.layers.RNN):
         )
         return ops.transpose(hs, (1, 0, 2)), last_states, statistics
 
-    def forward_loop(self, inputs, states, mask, forward=None, weights=None):
+    def forward_loop(self, inputs, states, mask, forward, weights):
         """`fused_loop` forward only (inference): no residuals kept, no statistics.
-        `forward` and `weights` default to the cell's `step_forward` and `step_weights()`;
         `inputs` may be a tuple of batch-major per-step inputs of `forward`.
         Returns `(hs, last_states)`, `hs` `None` without `return_sequences`."""
         step_mask = None
         if mask is not None:
             step_mask = ops.expand_dims(ops.transpose(ops.cast(mask, states[0].dtype)), -1)
-        weights = [ops.copy(w) for w in (weights or self.cell.step_weights())]
         if isinstance(inputs, tuple):
             inputs = tuple(ops.swapaxes(a, 0, 1) for a in inputs)
         else:
             inputs = ops.swapaxes(inputs, 0, 1)
         hs, last_states = forward_recurrence(
-            forward or self.cell.step_forward,
-            inputs,
-            step_mask,
-            tuple(states),
-            weights,
-            all_outputs=self.return_sequences,
+            forward, inputs, step_mask, tuple(states), weights, all_outputs=self.return_sequences
         )
         return None if hs is None else ops.transpose(hs, (1, 0, 2)), last_states
 

@@ -14,17 +14,14 @@ from keras import initializers, ops
 
 from keras_recnorm.base import (
     GatedCell,
+    NormalizedCell,
     NormalizedRNN,
     check_numeric_inputs,
     check_positive_int,
     check_unit_interval,
-    gru_gates_backward,
-    lstm_gates_backward,
-    lstm_output_backward,
 )
 from keras_recnorm.normalization import (
     batch_moments,
-    batch_normalize,
     batch_standardize,
     batch_norm_backward,
     cross_replica_moments,
@@ -41,6 +38,19 @@ from keras_recnorm.normalization import (
     step_slots,
 )
 from keras_recnorm.recurrence import keep_padded
+from keras_recnorm.steps import (
+    BatchNormGRUResiduals,
+    BatchNormLSTMResiduals,
+    BatchNormWeights,
+    LSTMWeights,
+    gru_gates,
+    gru_gates_backward,
+    lstm_gates,
+    lstm_gates_backward,
+    lstm_gates_one_sigmoid,
+    lstm_output,
+    lstm_output_backward,
+)
 
 register = keras.saving.register_keras_serializable(package="keras_recnorm")
 
@@ -58,9 +68,10 @@ _REPLICAS_TRAINING_ERROR = (
 )
 
 
-class BatchNormCell(GatedCell):
-    """What the BN-LSTM and BN-GRU cells share: `max_timesteps` slots of population
-    statistics per normalized term, the step counter state, and the update rule.
+class BatchNormCell(NormalizedCell):
+    """What the batch-normalized cells share: `max_timesteps` slots of population
+    statistics per normalized term, the step counter state, the update rule, and the
+    batch-normalized terms of the step (`batch_norm`, `input_term`, `recurrent_term`).
 
     The step index reaches the cell as the last state (`keras.layers.RNN` passes none).
     It counts the real (unmasked) steps each sample has seen, so at inference every
@@ -136,51 +147,86 @@ class BatchNormCell(GatedCell):
         # As keras.layers.BatchNormalization: a frozen layer always runs in inference mode.
         return bool(training) and self.trainable
 
-    def normalize(self, term, raw, gamma, beta, slots, mask, training):
-        """BN_t of a whole sequence `raw (B, T, F)`; returns it and, in training, the
-        per-step moments `(count, mean, M2)` it used (else `None`).
-
-        Training: batch statistics over the samples of each step, leaving out samples
-        whose `mask (B, T)` is 0. Inference: population statistics of each sample's
-        `slots (B, T)`.
-        """
-        if self.uses_batch_statistics(training):
-            moments = batch_moments(raw, mask)
-            if self.synchronized:  # the global batch's, under a tf.distribute strategy
-                moments = cross_replica_moments(moments)
-            mean, variance = moments[1], moments_variance(moments)
-        else:
-            moving_mean, moving_variance = self.moving(term)
-            mean = ops.take(moving_mean, slots, axis=0)
-            variance = ops.take(moving_variance, slots, axis=0)
-            moments = None
-        return batch_normalize(raw, mean, variance, gamma, beta, self.epsilon), moments
-
     def standardize(self, x, mask, population):
         """`(x̂, rstd, mean, variance)` of one step's term `x (B, F)`: with the batch's
         statistics over the samples whose `mask (B, 1)` is 1 (all, for `None`) when
-        `population` is `None`, else with `population = (mean, variance)` per sample."""
+        `population` is `None`, else with `population = (mean, variance)`, broadcasting
+        against `x`."""
         if population is None:
             return batch_standardize(x, self.epsilon, mask)
         mean, variance = population
         return (*standardize_with(x, mean, variance, self.epsilon), mean, variance)
 
-    def step_population(self, slots, training):
-        """`None` in training (batch statistics), else the population statistics of
-        each sample's slot, per normalized term of the step."""
-        if self.uses_batch_statistics(training):
-            return None
+    def batch_norm(self, a, gamma, beta, mask, population):
+        """`BN_t(a; γ, β) = γ·x̂ + β`, the expression of every batch-normalized term (β
+        `None`: no shift), with the statistics `standardize` takes; in float32 under half
+        precision, cast back. Returns `(BN_t(a), x̂, rstd, (mean, variance))`."""
+        dtype = statistics_dtype(a)
+        x_hat, rstd, mean, variance = self.standardize(ops.cast(a, dtype), mask, population)
+        normalized = ops.cast(gamma, dtype) * x_hat
+        if beta is not None:
+            normalized = normalized + ops.cast(beta, dtype)
+        return ops.cast(normalized, a.dtype), x_hat, rstd, (mean, variance)
+
+    def input_term(self, weights, x, mask, population):
+        """The input term `BN_t(x·kernel; input_gamma) + bias` of one step, as every step
+        of this package computes it (`step_forward`): `batch_norm` of `x·kernel`. Where
+        the loop applied a part of it before the loop, that part's weights are `None`
+        (`keras_recnorm.steps`, "Hoisted input"): `kernel` (`x` is `x·kernel`), or
+        `kernel`, `input_gamma` and `bias` (`x` is the input term). Returns `(term, x̂,
+        rstd, statistics)`, `statistics` `(mean, variance)`, or `()` (and x̂ and rstd
+        `None`) for an input term given."""
+        if weights.input_gamma is None:
+            return x, None, None, ()
+        raw = x if weights.kernel is None else ops.matmul(x, weights.kernel)
+        return self.batch_norm(raw, weights.input_gamma, weights.bias, mask, population)
+
+    def recurrent_term(self, weights, h_in, mask, population):
+        """`BN_t(h·recurrent_kernel; recurrent_gamma)`; returns as `batch_norm`."""
+        raw = ops.matmul(h_in, weights.recurrent_kernel)
+        return self.batch_norm(raw, weights.recurrent_gamma, None, mask, population)
+
+    @staticmethod
+    def input_term_backward(weights, residuals, d_term, counted):
+        """Backward of `input_term` in the training loop's form (`x` is `x·kernel`, or the
+        input term): `(dx, d_input_gamma, d_bias)`, `None` for the weights that are."""
+        if weights.input_gamma is None:
+            return d_term, None, None
+        dx, d_gamma, d_beta = batch_norm_backward(
+            d_term, weights.input_gamma, residuals.input_hat, residuals.input_rstd, counted
+        )
+        return dx, d_gamma, None if weights.bias is None else d_beta
+
+    @staticmethod
+    def recurrent_term_backward(weights, residuals, d_term, h_in, counted):
+        """Backward of `recurrent_term`: `(d_recurrent_kernel, d_recurrent_gamma, dh_in)`."""
+        d_raw, d_gamma, _ = batch_norm_backward(
+            d_term, weights.recurrent_gamma, residuals.recurrent_hat, residuals.recurrent_rstd, counted
+        )
+        d_kernel = ops.matmul(ops.transpose(h_in), d_raw)
+        return d_kernel, d_gamma, ops.matmul(d_raw, ops.transpose(weights.recurrent_kernel))
+
+    def input_sequence_term(self, weights, sequences, mask):
+        """The input term of every step of `sequences (B, T, D)` at once, with each step's
+        batch statistics over the samples whose `mask (B, T)` is 1 (all, for `None`),
+        the global batch's under a `tf.distribute` strategy with `synchronized`: for the
+        loops that can't take them in the step. Returns the term `(B, T, F)` and the
+        per-step moments `(count, mean, M2)`."""
+        raw = ops.matmul(sequences, weights.kernel)
+        moments = batch_moments(raw, mask)
+        if self.synchronized:
+            moments = cross_replica_moments(moments)
+        statistics = (moments[1], moments_variance(moments))
+        term, _, _, _ = self.input_term(weights._replace(kernel=None), raw, None, statistics)
+        return term, moments
+
+    def population(self, slots):
+        """The step's `population`: per normalized term, the population statistics
+        `(mean, variance)` of each sample's slot, `slots (B,)`."""
         return tuple(
             tuple(ops.take(v, slots, axis=0) for v in self.moving(term))
-            for term in self.normalized_terms[1:]
+            for term in self.normalized_terms
         )
-
-    def input_projection(self, inputs, slots, mask, training):
-        """`BN_t(x·kernel; input_gamma) + bias` for a whole sequence `(B, T, D)`;
-        returns it and, in training, the per-step moments of `x·kernel`."""
-        raw = ops.matmul(inputs, self.kernel)
-        projected, moments = self.normalize("input", raw, self.input_gamma, None, slots, mask, training)
-        return (projected + self.bias if self.use_bias else projected), moments
 
     def update_statistics(self, moments, slots):
         """Moves the population statistics of every term towards this batch's
@@ -244,15 +290,20 @@ class BatchNormCell(GatedCell):
         steps = states[-1]
         self.check_counter_dtype(steps)
         slots = step_slots(steps[:, 0], self.max_timesteps)
-        x = ops.expand_dims(self.dropped_inputs(inputs, training), 1)
-        projected, input_moments = self.input_projection(x, slots[:, None], None, training)
-        h, new_states, statistics = self.step(projected[:, 0], states, training=training)
+        new_states, statistics = self.run_step(
+            self.step_weights(),
+            self.dropped_inputs(inputs, training),
+            states[:-1],
+            training,
+            population=None if update else self.population(slots),
+        )
         if update:
             # The batch's step: every sample of an unmasked batch is at the same step.
-            count = input_moments[0]
-            moments = {"input": input_moments}
-            for term, (mean, variance) in statistics.items():
-                moments[term] = moments_from_variance(count, mean[None], variance[None])
+            count = ops.sum(ops.ones_like(ops.cast(inputs[:, :1], statistics[0].dtype)), axis=0)
+            moments = {
+                term: moments_from_variance(count, mean[None], variance[None])
+                for term, mean, variance in zip(self.normalized_terms, statistics[::2], statistics[1::2])
+            }
             # The slot of the furthest counter: masked samples' counters are held, but
             # the cell, which never sees the mask, has them in its statistics anyway.
             slot = ops.reshape(ops.max(slots, initial=0), (1,))
@@ -261,7 +312,7 @@ class BatchNormCell(GatedCell):
                 self.statistics_accumulator.add(self, moments, slot, step=ops.max(steps))
             else:
                 self.update_statistics(moments, slot)
-        return h, new_states
+        return new_states[0], new_states + [steps + 1]
 
     def get_config(self):
         return {
@@ -278,7 +329,7 @@ class BatchNormCell(GatedCell):
 
 
 @register
-class BatchNormLSTMCell(BatchNormCell):
+class BatchNormLSTMCell(BatchNormCell, GatedCell):
     """LSTM cell with recurrent batch normalization (Cooijmans et al. 2016).
 
     ```
@@ -372,6 +423,7 @@ class BatchNormLSTMCell(BatchNormCell):
     (TensorShape([2, 8]), TensorShape([2, 1]))
     """
 
+    weights_type = LSTMWeights
     normalized_terms = ("input", "recurrent", "cell")
     sequence_layer_name = "BatchNormLSTM"
     state_names = "[h, c, step]"
@@ -388,77 +440,70 @@ class BatchNormLSTMCell(BatchNormCell):
         self.add_moving_statistics("recurrent", width)
         self.add_moving_statistics("cell", self.units)
 
-    def step(self, projected, states, training=False, mask=None):
-        """One LSTM step from the projected input; returns `h'`, the new states and, in
-        training, the batch statistics used: `{term: (mean, variance)}`."""
-        h, c, steps = states[0], states[1], states[2]
-        population = self.step_population(step_slots(steps[:, 0], self.max_timesteps), training)
-        (h_new, c_new), _, statistics = self.step_forward(
-            self.step_weights(), projected, self.dropped_state(h, training), (h, c), mask, population
-        )
-        moments = {}
-        if population is None:
-            moments = {"recurrent": statistics[:2], "cell": statistics[2:]}
-        return h_new, [h_new, c_new, steps + 1], moments
+    def step_forward(self, weights, x, h_in, states, mask=None, population=None, forward_only=False):
+        """One step (`keras_recnorm.steps`) from the (dropped-out) input `x`, `h_in` and
+        the states `(h, c)`: the equations above. Batch statistics over the samples whose
+        `mask (B, 1)` is 1, or, per normalized term, the `population` statistics given
+        (`population`). `forward_only`: the gates from one sigmoid.
 
-    def step_weights(self):
-        """The weights `step_forward` uses, in its order."""
-        return (self.recurrent_kernel, self.recurrent_gamma, self.cell_gamma, self.cell_beta)
-
-    def step_forward(self, weights, projected, h, states, mask=None, population=None):
-        """One step from the projected input `BN_t(x·kernel) + bias` and the
-        (dropped-out) state `h`: the recurrent term, the gates and the normalized cell.
-        The one step function of this cell, used by the cell and by `BatchNormLSTM`'s
-        loop. Batch statistics over the samples whose `mask (B, 1)` is 1, or
-        `population` statistics (see `step_population`).
-
-        Returns `((h', c'), residuals, statistics)`: what `step_backward` needs, and the
-        mean and variance of the recurrent term and of the cell state.
+        Returns `((h', c'), BatchNormLSTMResiduals, statistics)`: the mean and variance of
+        the input term (unless given), the recurrent term and the cell state.
         """
-        recurrent_kernel, recurrent_gamma, cell_gamma, cell_beta = weights
-        c = states[1]
-        recurrent_population, cell_population = population or (None, None)
-        recurrent_hat, recurrent_rstd, recurrent_mean, recurrent_variance = self.standardize(
-            ops.matmul(h, recurrent_kernel), mask, recurrent_population
+        input_population, recurrent_population, cell_population = population or (None,) * 3
+        input_term, input_hat, input_rstd, input_statistics = self.input_term(
+            weights, x, mask, input_population
         )
-        z = projected + recurrent_gamma * recurrent_hat
-        gates, c_new = self.lstm_gates(z, c)
-        cell_hat, cell_rstd, cell_mean, cell_variance = self.standardize(c_new, mask, cell_population)
-        h_new, cell_output = self.lstm_output(gates, cell_gamma * cell_hat + cell_beta)
-        residuals = (recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd, cell_output)
-        return (h_new, c_new), residuals, (recurrent_mean, recurrent_variance, cell_mean, cell_variance)
+        recurrent_term, recurrent_hat, recurrent_rstd, recurrent_statistics = self.recurrent_term(
+            weights, h_in, mask, recurrent_population
+        )
+        z = input_term + recurrent_term
+        if forward_only:
+            gates, c_new = lstm_gates_one_sigmoid(z, states[1])
+        else:
+            gates, c_new = lstm_gates(z, states[1], self.recurrent_activation, self.activation)
+        normalized_cell, cell_hat, cell_rstd, cell_statistics = self.batch_norm(
+            c_new, weights.cell_gamma, weights.cell_beta, mask, cell_population
+        )
+        h_new, cell_output = lstm_output(gates, normalized_cell, self.activation)
+        residuals = BatchNormLSTMResiduals(
+            input_hat, input_rstd, recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd,
+            cell_output,
+        )
+        return (h_new, c_new), residuals, (*input_statistics, *recurrent_statistics, *cell_statistics)
 
-    def step_backward(self, weights, residuals, h, states, mask, d_new_states):
-        """The derivative of `step_forward` with batch statistics (sigmoid gates, tanh):
-        from the gradients of `h'` and `c'`, those of the projected input, `h`, `c` and
-        the weights. The statistics depend on every counted sample: so does the gradient."""
-        recurrent_kernel, recurrent_gamma, cell_gamma, _ = weights
-        (dh_new, dc_new), c = d_new_states, states[1]
-        recurrent_hat, recurrent_rstd, gates, cell_hat, cell_rstd, cell_output = residuals
-        counted = ops.ones_like(h[:, :1]) if mask is None else mask
-        d_o, d_normalized_cell = lstm_output_backward(dh_new, gates, cell_output)
+    def step_backward(self, weights, residuals, h_in, states, mask, d_new_states):
+        """The derivative of `step_forward` with batch statistics (sigmoid gates, tanh), in
+        the training loop's form (`keras_recnorm.steps`, "Hoisted input"): from the
+        gradients of `h'` and `c'`, those of `x`, `h_in`, `c` and the weights. The
+        statistics depend on every counted sample: so does the gradient."""
+        (dh_new, dc_new), c, r = d_new_states, states[1], residuals
+        counted = ops.ones_like(h_in[:, :1]) if mask is None else mask
+        d_o, d_normalized_cell = lstm_output_backward(dh_new, r.gates, r.cell_output)
         d_cell, d_cell_gamma, d_cell_beta = batch_norm_backward(
-            d_normalized_cell, cell_gamma, cell_hat, cell_rstd, counted
+            d_normalized_cell, weights.cell_gamma, r.cell_hat, r.cell_rstd, counted
         )
-        dz, dc_prev = lstm_gates_backward(dc_new + d_cell, d_o, gates, c)
-        d_recurrent, d_recurrent_gamma, _ = batch_norm_backward(
-            dz, recurrent_gamma, recurrent_hat, recurrent_rstd, counted
+        dz, dc_prev = lstm_gates_backward(dc_new + d_cell, d_o, r.gates, c)
+        d_recurrent_kernel, d_recurrent_gamma, dh_in = self.recurrent_term_backward(
+            weights, r, dz, h_in, counted
         )
-        d_weights = (
-            ops.matmul(ops.transpose(h), d_recurrent),
-            d_recurrent_gamma,
-            d_cell_gamma,
-            d_cell_beta,
+        dx, d_input_gamma, d_bias = self.input_term_backward(weights, r, dz, counted)
+        d_weights = LSTMWeights(
+            kernel=None,
+            input_gamma=d_input_gamma,
+            recurrent_kernel=d_recurrent_kernel,
+            recurrent_gamma=d_recurrent_gamma,
+            cell_gamma=d_cell_gamma,
+            cell_beta=d_cell_beta,
+            bias=d_bias,
         )
-        dh = ops.matmul(d_recurrent, ops.transpose(recurrent_kernel))
-        return dz, dh, (None, dc_prev), d_weights
+        return dx, dh_in, (None, dc_prev), d_weights
 
     def get_config(self):
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
 
 
 @register
-class BatchNormGRUCell(BatchNormCell):
+class BatchNormGRUCell(BatchNormCell, GatedCell):
     """GRU cell with recurrent batch normalization (Cooijmans et al. 2016), in
     Keras's `reset_after=True` layout (gate order z, r, h):
 
@@ -535,6 +580,7 @@ class BatchNormGRUCell(BatchNormCell):
     TensorShape([2, 8])
     """
 
+    weights_type = BatchNormWeights
     normalized_terms = ("input", "recurrent")
     sequence_layer_name = "BatchNormGRU"
     state_names = "[h, step]"
@@ -558,55 +604,44 @@ class BatchNormGRUCell(BatchNormCell):
         self.add_moving_statistics("input", width)
         self.add_moving_statistics("recurrent", width)
 
-    def step(self, projected, states, training=False, mask=None):
-        """One GRU step from the projected input; returns `h'`, the new states and, in
-        training, the batch statistics used: `{term: (mean, variance)}`."""
-        h, steps = states[0], states[1]
-        population = self.step_population(step_slots(steps[:, 0], self.max_timesteps), training)
-        (h_new,), _, statistics = self.step_forward(
-            self.step_weights(), projected, self.dropped_state(h, training), (h,), mask, population
-        )
-        moments = {"recurrent": statistics} if population is None else {}
-        return h_new, [h_new, steps + 1], moments
+    def step_forward(self, weights, x, h_in, states, mask=None, population=None, forward_only=False):
+        """One step (`keras_recnorm.steps`) from the (dropped-out) input `x`, `h_in` and
+        the states `(h,)`: the equations above. Batch statistics over the samples whose
+        `mask (B, 1)` is 1, or the `population` statistics given (see
+        `BatchNormLSTMCell.step_forward`); `forward_only` changes nothing here.
 
-    def step_weights(self):
-        """The weights `step_forward` uses, in its order."""
-        return (self.recurrent_kernel, self.recurrent_gamma)
-
-    def step_forward(self, weights, projected, h_in, states, mask=None, population=None):
-        """One step from the projected input `BN_t(x·kernel) + bias`, the (dropped-out)
-        state `h_in` and the states `(h,)` before dropout: the recurrent term and the
-        update. The one step function of this cell, used by the cell and by
-        `BatchNormGRU`'s loop. Batch statistics over the samples whose `mask (B, 1)` is 1,
-        or `population` statistics (see `step_population`).
-
-        Returns `((h',), residuals, statistics)`: what `step_backward` needs, and the
-        mean and variance of the recurrent term.
+        Returns `((h',), BatchNormGRUResiduals, statistics)`: the mean and variance of the
+        input term (unless given) and of the recurrent term.
         """
-        recurrent_kernel, recurrent_gamma = weights
-        recurrent_hat, recurrent_rstd, mean, variance = self.standardize(
-            ops.matmul(h_in, recurrent_kernel), mask, None if population is None else population[0]
+        input_population, recurrent_population = population or (None, None)
+        input_term, input_hat, input_rstd, input_statistics = self.input_term(
+            weights, x, mask, input_population
         )
-        h_new, gates, candidate = self.gru_gates(projected, recurrent_gamma * recurrent_hat, states[0])
-        return (h_new,), (recurrent_hat, recurrent_rstd, gates, candidate), (mean, variance)
+        recurrent_term, recurrent_hat, recurrent_rstd, recurrent_statistics = self.recurrent_term(
+            weights, h_in, mask, recurrent_population
+        )
+        h_new, gates, candidate = gru_gates(
+            input_term, recurrent_term, states[0], self.recurrent_activation, self.activation
+        )
+        residuals = BatchNormGRUResiduals(input_hat, input_rstd, recurrent_hat, recurrent_rstd, gates, candidate)
+        return (h_new,), residuals, (*input_statistics, *recurrent_statistics)
 
     def step_backward(self, weights, residuals, h_in, states, mask, d_new_states):
-        """The derivative of `step_forward` with batch statistics (sigmoid gates, tanh):
-        from the gradient of `h'`, those of the projected input, `h_in`, `h` (through the
-        update gate) and the weights."""
-        recurrent_kernel, recurrent_gamma = weights
-        recurrent_hat, recurrent_rstd, gates, candidate = residuals
-        units2 = 2 * self.units
-        d_projected, d_recurrent_term, dh = gru_gates_backward(
-            d_new_states[0], gates, candidate,
-            recurrent_gamma[units2:] * recurrent_hat[..., units2:], states[0],
-        )
+        """The derivative of `step_forward` with batch statistics (sigmoid gates, tanh), in
+        the training loop's form: from the gradient of `h'`, those of `x`, `h_in`, `h`
+        (through the update gate) and the weights."""
+        r, units2 = residuals, 2 * self.units
         counted = ops.ones_like(h_in[:, :1]) if mask is None else mask
-        d_recurrent, d_recurrent_gamma, _ = batch_norm_backward(
-            d_recurrent_term, recurrent_gamma, recurrent_hat, recurrent_rstd, counted
+        d_input_term, d_recurrent_term, dh = gru_gates_backward(
+            d_new_states[0], r.gates, r.candidate,
+            weights.recurrent_gamma[units2:] * r.recurrent_hat[..., units2:], states[0],
         )
-        d_weights = (ops.matmul(ops.transpose(h_in), d_recurrent), d_recurrent_gamma)
-        return d_projected, ops.matmul(d_recurrent, ops.transpose(recurrent_kernel)), (dh,), d_weights
+        d_recurrent_kernel, d_recurrent_gamma, dh_in = self.recurrent_term_backward(
+            weights, r, d_recurrent_term, h_in, counted
+        )
+        dx, d_input_gamma, d_bias = self.input_term_backward(weights, r, d_input_term, counted)
+        d_weights = BatchNormWeights(None, d_input_gamma, d_recurrent_kernel, d_recurrent_gamma, d_bias)
+        return dx, dh_in, (dh,), d_weights
 
     def get_config(self):
         return {**super().get_config(), "reset_after": self.reset_after}
@@ -741,16 +776,20 @@ class _BatchNormSequence(NormalizedRNN):
         """Training: the loop (fused where it can run), then one update of the population
         statistics. Returns `(hs, final states without the counter)`.
 
-        The fused loop normalizes the input term in the step (`_input_normalizing_steps`;
-        only `x·kernel` is computed for all steps before it). Elsewhere, and for a
-        `synchronized` input term (its all-reduce can't run inside the loop), the input
-        term of all steps is normalized before the loop."""
+        The fused loop normalizes the input term in the step (only `x·kernel` is computed
+        for all steps before it: the step's reductions over the batch are `(B, F)`, and
+        those over the batch axis of a `(B, T, F)` tensor, with their derivative, were
+        slower, docs/throughput.md). Elsewhere, and for a `synchronized` input term (its
+        all-reduce can't run inside the loop), the input term of all steps is normalized
+        before the loop (`input_sequence_term`)."""
         cell = self.cell
+        weights = cell.step_weights()
         fused = self.uses_fused_loop()
         if fused and not cell.synchronized:
             raw = ops.matmul(sequences, cell.kernel)
             hs, last_states, statistics = self.fused_loop(
-                raw, initial_state[:-1], mask, training, steps=self._input_normalizing_steps()
+                raw, initial_state[:-1], mask, training, cell.step_forward, cell.step_backward,
+                weights._replace(kernel=None),
             )
             states = list(last_states)
             counted = ops.ones_like(raw[:, :, 0]) if sample_mask is None else sample_mask
@@ -758,12 +797,16 @@ class _BatchNormSequence(NormalizedRNN):
             input_moments = moments_from_variance(count, statistics[0], statistics[1])
             statistics = statistics[2:]
         else:
-            projected, input_moments = cell.input_projection(sequences, input_slots, sample_mask, training)
+            term, input_moments = cell.input_sequence_term(weights, sequences, sample_mask)
+            weights = weights._replace(kernel=None, input_gamma=None, bias=None)
             if fused:
-                hs, last_states, statistics = self.fused_loop(projected, initial_state[:-1], mask, training)
+                hs, last_states, statistics = self.fused_loop(
+                    term, initial_state[:-1], mask, training, cell.step_forward, cell.step_backward,
+                    weights,
+                )
                 states = list(last_states)
             else:
-                hs, states, statistics = self._generic_loop(projected, initial_state, sample_mask, training)
+                hs, states, statistics = self._generic_loop(term, initial_state, sample_mask, training, weights)
         # The moments after the loop: per term, (count, mean, M2) of every step.
         count = input_moments[0]
         moments = {"input": input_moments}
@@ -774,39 +817,6 @@ class _BatchNormSequence(NormalizedRNN):
         cell.update_statistics(moments, slot_shares(input_slots, sample_mask, cell.max_timesteps))
         return hs, states
 
-    def _input_normalizing_steps(self):
-        """The cell's step functions and weights with the input term's normalization
-        moved into the step: the step takes `x·kernel (B, F)` and returns the input
-        term's batch mean and variance first among its statistics. The step's
-        reductions over the batch are `(B, F)`; hoisted, those over the batch axis of a
-        `(B, T, F)` tensor and their derivative were most of JAX's training step
-        (docs/throughput.md)."""
-        cell = self.cell
-        own = tuple(cell.step_weights())
-        n_own = len(own)
-
-        def forward(weights, raw, h_in, states, mask):
-            gamma, *bias = weights[n_own:]
-            x_hat, rstd, mean, variance = cell.standardize(raw, mask, None)
-            projected = gamma * x_hat
-            if bias:
-                projected = projected + bias[0]
-            new, residuals, statistics = cell.step_forward(weights[:n_own], projected, h_in, states, mask)
-            return new, (x_hat, rstd, *residuals), (mean, variance, *statistics)
-
-        def backward(weights, residuals, h_in, states, mask, d_new_states):
-            gamma, *bias = weights[n_own:]
-            x_hat, rstd, *residuals = residuals
-            d_projected, dh_in, d_states, d_own = cell.step_backward(
-                weights[:n_own], tuple(residuals), h_in, states, mask, d_new_states
-            )
-            counted = ops.ones_like(h_in[:, :1]) if mask is None else mask
-            d_raw, d_gamma, d_bias = batch_norm_backward(d_projected, gamma, x_hat, rstd, counted)
-            return d_raw, dh_in, d_states, (*d_own, d_gamma, *[d_bias] * len(bias))
-
-        weights = own + (cell.input_gamma,) + ((cell.bias,) if cell.use_bias else ())
-        return forward, backward, weights
-
     def _population_loop(self, sequences, slots, states, mask):
         """Inference, forward only (`forward_loop`: no residuals, no statistics gathered),
         over the real-steps-first `sequences`; `slots (B, T)` is each sample's slot at
@@ -815,83 +825,75 @@ class _BatchNormSequence(NormalizedRNN):
         Each step projects and normalizes its own input (the hoisted `(B, T, 4U)` input
         term measured slower) and gathers each sample's population statistics for the
         next step, carried as extra states: gathered in the step that uses them, XLA on
-        CPU fuses the gather into every consumer and recomputes it there (measured 2.9×
-        `keras.layers.GRU` against 0.8 carried, docs/throughput.md)."""
+        CPU fuses the gather into every consumer and recomputes it there
+        (docs/throughput.md)."""
         cell = self.cell
         n_states = len(states)
-        own = list(cell.step_weights())
-        input_weights = [cell.kernel, cell.input_gamma] + ([cell.bias] if cell.use_bias else [])
-        tables = [v for term in cell.normalized_terms for v in cell.moving(term)]
-        n_own, n_tables = len(own), len(tables)
+        tables = [ops.copy(v) for term in cell.normalized_terms for v in cell.moving(term)]
         # Every sample started at 0, and real steps come first: all read the same slot.
         same_slots = self._step_counter.starts_at_zero
         # Padded steps come last: a sample's rows held there are never used again.
         next_slots = ops.concatenate([slots[:, 1:], slots[:, -1:]], axis=1)
 
-        def rows_at(tables, slots_t):
+        def rows_at(slots_t):
             return tuple(ops.take(table, slots_t, axis=0) for table in tables)
 
         def forward(weights, step_inputs, h_in, carried, _):
             x, slots_next, *mask_t = step_inputs
             mask_t = mask_t[0] if mask_t else None
-            (kernel, gamma, *bias), tables = weights[n_own:-n_tables], weights[-n_tables:]
             states, rows = carried[:n_states], carried[n_states:]
-            projected = batch_normalize(ops.matmul(x, kernel), rows[0], rows[1], gamma, None, cell.epsilon)
-            if bias:
-                projected = projected + bias[0]
-            population = tuple(zip(rows[2::2], rows[3::2]))  # per term after the input's
+            population = tuple(zip(rows[::2], rows[1::2]))  # per term, (mean, variance)
             new_states, residuals, statistics = cell.step_forward(
-                weights[:n_own], projected, h_in, states, mask_t, population
+                weights, x, h_in, states, mask_t, population, forward_only=True
             )
             new_states = tuple(keep_padded(mask_t, a, b) for a, b in zip(new_states, states))
-            return (*new_states, *rows_at(tables, slots_next)), residuals, statistics
+            return (*new_states, *rows_at(slots_next)), residuals, statistics
 
         if same_slots:
             slots, next_slots = slots[:1], next_slots[:1]
-        carried = (*states, *rows_at(tables, slots[:, 0]))
-        weights = [*own, *input_weights, *tables]
+        carried = (*states, *rows_at(slots[:, 0]))
         # The padded steps' states are kept in `forward` (the driver would keep the rows,
         # one per batch where all samples share the slot, as one per sample).
         step_inputs = (sequences, next_slots)
         if mask is not None:
             step_inputs += (ops.cast(mask[..., None], sequences.dtype),)
-        hs, last = self.forward_loop(step_inputs, carried, None, forward, weights)
+        hs, last = self.forward_loop(step_inputs, carried, None, forward, cell.step_weights())
         return hs, list(last[:n_states])
 
-    def _generic_loop(self, projected, initial_state, sample_mask, training):
-        """The recurrence over `cell.step` in training, for what the fused loop doesn't run
-        (other activations or dtypes, `unroll`), as a
-        `keras.ops.scan` whose carry holds the states and the step's statistics (the
-        TensorFlow scan returns values shaped as its carry). Real steps come first: a
-        padded step keeps the state. Returns `(hs (B, T, U), final states without the
-        counter, statistics)`, statistics as the fused loop's: per term after the input's,
-        the mean and variance of every step, `(T, F)` each, float32."""
+    def _generic_loop(self, term, initial_state, sample_mask, training, weights):
+        """The recurrence over the cell's step in training, for what the fused loop doesn't
+        run (other activations or dtypes, `unroll`), as a `keras.ops.scan` whose carry
+        holds the states and the step's statistics (the TensorFlow scan returns values
+        shaped as its carry), differentiated by autodiff. `term`: every step's input term
+        (`weights` without its weights). Real steps come first: a padded step keeps the
+        state. Returns `(hs (B, T, U), final states without the counter, statistics)`,
+        statistics as the fused loop's: per term after the input's, the mean and variance
+        of every step, `(T, F)` each, float32."""
         cell = self.cell
         states = list(initial_state[:-1])
         if sample_mask is None:
-            sample_mask = ops.ones(ops.shape(projected)[:2], dtype="float32")
+            sample_mask = ops.ones(ops.shape(term)[:2], dtype="float32")
             masked = False
         else:
             masked = True
         # One tensor to scan over (the TensorFlow scan can't take several of unknown
-        # length): every step's projected input, and its mask as one more column.
-        mask_column = ops.cast(ops.expand_dims(sample_mask, -1), projected.dtype)
-        steps_in = ops.transpose(ops.concatenate([projected, mask_column], -1), (1, 0, 2))
-        dtype = statistics_dtype(projected)
+        # length): every step's input term, and its mask as one more column.
+        mask_column = ops.cast(ops.expand_dims(sample_mask, -1), term.dtype)
+        steps_in = ops.transpose(ops.concatenate([term, mask_column], -1), (1, 0, 2))
+        dtype = statistics_dtype(term)
         statistics = []
-        for term in cell.normalized_terms[1:]:
-            width = cell.moving(term)[0].shape[-1]
+        for name in cell.normalized_terms[1:]:
+            width = cell.moving(name)[0].shape[-1]
             statistics += [ops.zeros((width,), dtype=dtype)] * 2
 
         def step(carry, inputs):
             states, _ = carry
-            projected_t, mask_t = inputs[:, :-1], inputs[:, -1:]
-            counter = ops.zeros_like(mask_t)  # training: the slot is not read in the step
-            h, new_states, moments = cell.step(
-                projected_t, states + [counter], training=training, mask=mask_t if masked else None
+            term_t, mask_t = inputs[:, :-1], inputs[:, -1:]
+            new_states, values = cell.run_step(
+                weights, term_t, states, training, mask=mask_t if masked else None
             )
-            kept = [ops.where(mask_t > 0, new, old) for new, old in zip(new_states[:-1], states)]
-            values = [ops.cast(v, dtype) for term in cell.normalized_terms[1:] for v in moments[term]]
+            kept = [ops.where(mask_t > 0, new, old) for new, old in zip(new_states, states)]
+            values = [ops.cast(v, dtype) for v in values]
             return (kept, values), (kept, values)
 
         _, (all_states, all_statistics) = ops.scan(

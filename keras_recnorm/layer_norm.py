@@ -17,19 +17,26 @@ import functools
 import keras
 from keras import ops
 
-from keras_recnorm.base import (
-    GatedCell,
-    NormalizedCell,
-    NormalizedRNN,
-    gru_gates_backward,
-    lstm_gates_backward,
-    lstm_output_backward,
-)
+from keras_recnorm.base import GatedCell, NormalizedCell, NormalizedRNN
 from keras_recnorm.normalization import (
     centered_columns,
-    layer_norm,
     layer_standardize,
     layer_standardize_backward,
+)
+from keras_recnorm.steps import (
+    LayerNormGRUResiduals,
+    LayerNormGRUWeights,
+    LayerNormLSTMResiduals,
+    LayerNormSimpleRNNResiduals,
+    LayerNormSimpleRNNWeights,
+    LSTMWeights,
+    gru_gates,
+    gru_gates_backward,
+    lstm_gates,
+    lstm_gates_backward,
+    lstm_gates_one_sigmoid,
+    lstm_output,
+    lstm_output_backward,
 )
 
 register = keras.saving.register_keras_serializable(package="keras_recnorm")
@@ -91,105 +98,79 @@ class LayerNormLSTMCell(GatedCell):
     (TensorShape([2, 8]), TensorShape([2, 8]))
     """
 
+    weights_type = LSTMWeights
+
     def __init__(self, units, unit_forget_bias=True, **kwargs):
         super().__init__(units, **kwargs)
         self.unit_forget_bias = unit_forget_bias
         self.state_size = [units, units]
+        # The LNs of the gate terms normalize all 4U pre-activations jointly.
+        self.normalized_widths = (4 * units,)
 
     def build(self, input_shape):
         self.add_lstm_weights(input_shape)
 
-    def input_projection(self, inputs):
-        """Nothing: the step projects its own input. Inside the loop, each step's
-        `(B, 4U)` product is used while still in the cache; hoisted before the loop, the
-        `(B, T, 4U)` tensor is not, and measured slower (README, "Throughput")."""
-        return inputs
-
-    def step(self, inputs, states, training=False):
-        h, c = states[0], states[1]
-        (h_new, c_new), _, _ = self.step_forward(
-            self.step_weights(centered=False), inputs, self.dropped_state(h, training), (h, c),
-            centered=False,
-        )
-        return h_new, [h_new, c_new]
-
-    def step_weights(self, centered=True):
-        """The weights `step_forward` uses, in its order (`bias` last, if any), the
-        kernels `centered` (`centered_columns`; the loops'): the mean that each LN of a
-        gate term subtracts first is then 0 by construction. The cell's own `step`,
-        called once per step, takes them as they are (centering them there would cost a
-        pass over both kernels at every step of Keras's loop)."""
-        width = (4 * self.units,)
-        center = (lambda w: centered_columns(w, width)) if centered else (lambda w: w)
-        weights = (
-            center(self.kernel),
-            self.input_gamma,
-            center(self.recurrent_kernel),
-            self.recurrent_gamma,
-            self.cell_gamma,
-            self.cell_beta,
-        )
-        return weights + (self.bias,) if self.use_bias else weights
-
-    def step_forward(self, weights, x, h, states, mask=None, one_activation=False, centered=True):
-        """One step from the (dropped-out) input `x` and state `h`, and the states
-        `(h, c)` before dropout: the equations of DESIGN.md. The one step function of this
-        cell, used by the cell and by `LayerNormLSTM`'s loop (`keras_recnorm.recurrence`);
-        returns `((h', c'), residuals, ())`, the residuals being what `step_backward`
-        needs. `one_activation`: see `lstm_gates` (the forward-only loop's); `centered`:
-        whether the kernels are (`step_weights`)."""
+    def step_forward(self, weights, x, h_in, states, mask=None, centered=False, forward_only=False):
+        """One step (`keras_recnorm.steps`) from the (dropped-out) input `x`, `h_in` and
+        the states `(h, c)`: the equations above. `centered`: the kernels are centered
+        (`centered_kernels`); `forward_only`: the gates from one sigmoid. Returns
+        `((h', c'), LayerNormLSTMResiduals, ())`."""
         c = states[1]
-        kernel, input_gamma, recurrent_kernel, recurrent_gamma, cell_gamma, cell_beta = weights[:6]
-        input_hat, input_gain = layer_standardize(ops.matmul(x, kernel), self.epsilon, centered)
+        input_hat, input_gain = layer_standardize(ops.matmul(x, weights.kernel), self.epsilon, centered)
         recurrent_hat, recurrent_gain = layer_standardize(
-            ops.matmul(h, recurrent_kernel), self.epsilon, centered
+            ops.matmul(h_in, weights.recurrent_kernel), self.epsilon, centered
         )
-        z = input_gamma * input_hat + recurrent_gamma * recurrent_hat
-        if self.use_bias:
-            z = z + weights[6]
-        gates, c_new = self.lstm_gates(z, c, one_activation)
+        z = weights.input_gamma * input_hat + weights.recurrent_gamma * recurrent_hat
+        if weights.bias is not None:
+            z = z + weights.bias
+        if forward_only:
+            gates, c_new = lstm_gates_one_sigmoid(z, c)
+        else:
+            gates, c_new = lstm_gates(z, c, self.recurrent_activation, self.activation)
         cell_hat, cell_gain = layer_standardize(c_new, self.epsilon)
-        h_new, cell_output = self.lstm_output(gates, cell_gamma * cell_hat + cell_beta)
-        residuals = (
-            x, input_hat, input_gain, recurrent_hat, recurrent_gain, gates, cell_hat,
-            cell_gain, cell_output,
+        h_new, cell_output = lstm_output(
+            gates, weights.cell_gamma * cell_hat + weights.cell_beta, self.activation
+        )
+        residuals = LayerNormLSTMResiduals(
+            x, input_hat, input_gain, recurrent_hat, recurrent_gain, gates, cell_hat, cell_gain,
+            cell_output,
         )
         return (h_new, c_new), residuals, ()
 
-    def step_backward(self, weights, residuals, h, states, mask, d_new_states):
-        """The derivative of `step_forward` (sigmoid gates, tanh): from the gradients of
-        `h'` and `c'`, those of `x`, the dropped-out `h`, `c` and the weights. Each LN's
+    def step_backward(self, weights, residuals, h_in, states, mask, d_new_states):
+        """The derivative of `step_forward(centered=True)` (sigmoid gates, tanh): from the
+        gradients of `h'` and `c'`, those of `x`, `h_in`, `c` and the weights. Each LN's
         derivative is `layer_standardize_backward`'s (0 for a degenerate vector), as under
         autodiff."""
-        (dh_new, dc_new), c = d_new_states, states[1]
-        kernel, input_gamma, recurrent_kernel, recurrent_gamma, cell_gamma, _ = weights[:6]
-        (x, input_hat, input_gain, recurrent_hat, recurrent_gain, gates, cell_hat, cell_gain,
-         cell_output) = residuals
-        d_o, d_normalized_cell = lstm_output_backward(dh_new, gates, cell_output)
-        dc = dc_new + layer_standardize_backward(d_normalized_cell * cell_gamma, cell_hat, cell_gain)
-        dz, dc_prev = lstm_gates_backward(dc, d_o, gates, c)
+        (dh_new, dc_new), c, r = d_new_states, states[1], residuals
+        d_o, d_normalized_cell = lstm_output_backward(dh_new, r.gates, r.cell_output)
+        dc = dc_new + layer_standardize_backward(
+            d_normalized_cell * weights.cell_gamma, r.cell_hat, r.cell_gain
+        )
+        dz, dc_prev = lstm_gates_backward(dc, d_o, r.gates, c)
         d_recurrent = layer_standardize_backward(
-            dz * recurrent_gamma, recurrent_hat, recurrent_gain, centered=True
+            dz * weights.recurrent_gamma, r.recurrent_hat, r.recurrent_gain, centered=True
         )
-        d_input = layer_standardize_backward(dz * input_gamma, input_hat, input_gain, centered=True)
-        # The cell LN's gain and shift gradients as one sum: as two, XLA on CPU made the
-        # training step 1.17x slower at (32, 200, 64, 128) (docs/throughput.md).
+        d_input = layer_standardize_backward(
+            dz * weights.input_gamma, r.input_hat, r.input_gain, centered=True
+        )
+        # The cell LN's gain and shift gradients as one sum, not two: faster under XLA on
+        # CPU (docs/throughput.md).
         d_cell_gamma, d_cell_beta = ops.split(
-            ops.sum(ops.concatenate([d_normalized_cell * cell_hat, d_normalized_cell], -1), axis=0), 2
+            ops.sum(ops.concatenate([d_normalized_cell * r.cell_hat, d_normalized_cell], -1), axis=0), 2
         )
-        d_weights = (
-            ops.matmul(ops.transpose(x), d_input),
-            ops.sum(dz * input_hat, axis=0),
-            ops.matmul(ops.transpose(h), d_recurrent),
-            ops.sum(dz * recurrent_hat, axis=0),
-            d_cell_gamma,
-            d_cell_beta,
+        d_weights = LSTMWeights(
+            kernel=ops.matmul(ops.transpose(r.x), d_input),
+            input_gamma=ops.sum(dz * r.input_hat, axis=0),
+            recurrent_kernel=ops.matmul(ops.transpose(h_in), d_recurrent),
+            recurrent_gamma=ops.sum(dz * r.recurrent_hat, axis=0),
+            cell_gamma=d_cell_gamma,
+            cell_beta=d_cell_beta,
+            bias=None if weights.bias is None else ops.sum(dz, axis=0),
         )
-        if self.use_bias:
-            d_weights += (ops.sum(dz, axis=0),)
-        dx = ops.matmul(d_input, ops.transpose(kernel))
-        dh = ops.matmul(d_recurrent, ops.transpose(recurrent_kernel))
-        return dx, dh, (None, dc_prev), d_weights
+        dx = ops.matmul(d_input, ops.transpose(weights.kernel))
+        dh_in = ops.matmul(d_recurrent, ops.transpose(weights.recurrent_kernel))
+        return dx, dh_in, (None, dc_prev), d_weights
 
     def get_config(self):
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
@@ -248,6 +229,8 @@ class LayerNormGRUCell(GatedCell):
     TensorShape([2, 8])
     """
 
+    weights_type = LayerNormGRUWeights
+
     def __init__(self, units, reset_after=True, **kwargs):
         super().__init__(units, **kwargs)
         if reset_after is not True:
@@ -257,6 +240,8 @@ class LayerNormGRUCell(GatedCell):
             )
         self.reset_after = True
         self.state_size = units
+        # Normalized blocks of each product: the (z, r) gates, the candidate.
+        self.normalized_widths = (2 * units, units)
 
     def build(self, input_shape):
         width = 3 * self.units
@@ -267,49 +252,18 @@ class LayerNormGRUCell(GatedCell):
         self.input_candidate_gamma = self.add_gamma("input_candidate_gamma", self.units)
         self.recurrent_candidate_gamma = self.add_gamma("recurrent_candidate_gamma", self.units)
 
-    def input_projection(self, inputs):
-        """Nothing: the step projects and normalizes its own input, as the LN-LSTM's does.
-        Hoisted before the loop, the `(B, T, 3U)` normalization measured slower under XLA
-        than the whole loop (docs/throughput.md)."""
-        return inputs
-
-    def step(self, inputs, states, training=False):
-        h = states[0] if isinstance(states, (list, tuple)) else states
-        (h_new,), _, _ = self.step_forward(
-            self.step_weights(centered=False), inputs, self.dropped_state(h, training), (h,),
-            centered=False,
-        )
-        return h_new, [h_new]
-
-    def step_weights(self, centered=True):
-        """The weights `step_forward` uses, in its order (`bias` last, if any), the
-        kernels `centered` per normalized block (`centered_columns`; see the LN-LSTM's)."""
-        widths = (2 * self.units, self.units)
-        center = (lambda w: centered_columns(w, widths)) if centered else (lambda w: w)
-        weights = (
-            center(self.kernel),
-            self.input_gate_gamma,
-            self.input_candidate_gamma,
-            center(self.recurrent_kernel),
-            self.recurrent_gate_gamma,
-            self.recurrent_candidate_gamma,
-        )
-        return weights + (self.bias,) if self.use_bias else weights
-
-    def _standardize_blocks(self, projection, centered=True):
-        """LN of the (z, r) block and of the candidate block, separately, of a product
-        with kernels centered per block: `(gate_hat, gate_gain, candidate_hat,
-        candidate_gain)` (`layer_standardize`)."""
+    def _standardize_blocks(self, projection, centered):
+        """LN of the (z, r) block and of the candidate block, separately: `(gate_hat,
+        gate_gain, candidate_hat, candidate_gain)` (`layer_standardize`)."""
         units2 = 2 * self.units
         return layer_standardize(
             projection[..., :units2], self.epsilon, centered
         ) + layer_standardize(projection[..., units2:], self.epsilon, centered)
 
     @staticmethod
-    def _blocks_backward(d, standardized, gate_gamma, candidate_gamma):
-        """Backward of `gains · _standardize_blocks(p)`: from the gradient of the normalized
-        term, `(d_p, d_gate_gamma, d_candidate_gamma)`."""
-        gate_hat, gate_gain, candidate_hat, candidate_gain = standardized
+    def _blocks_backward(d, gate_hat, gate_gain, candidate_hat, candidate_gain, gate_gamma, candidate_gamma):
+        """Backward of the gains times `_standardize_blocks(p)` (centered): from the
+        gradient of the normalized term, `(d_p, d_gate_gamma, d_candidate_gamma)`."""
         units2 = ops.shape(gate_hat)[-1]
         d_gate, d_candidate = d[..., :units2], d[..., units2:]
         d_projection = ops.concatenate(
@@ -327,52 +281,62 @@ class LayerNormGRUCell(GatedCell):
             ops.sum(d_candidate * candidate_hat, axis=0),
         )
 
-    def step_forward(self, weights, x, h_in, states, mask=None, centered=True):
-        """One step from the (dropped-out) input `x` and state `h_in`, and the states
-        `(h,)` before dropout: the equations above. The one step function of this cell,
-        used by the cell and by `LayerNormGRU`'s loop (`keras_recnorm.recurrence`);
-        returns `((h',), residuals, ())`, the residuals being what `step_backward` needs.
-        `centered`: whether the kernels are (`step_weights`)."""
-        kernel, input_gate_gamma, input_candidate_gamma = weights[:3]
-        recurrent_kernel, recurrent_gate_gamma, recurrent_candidate_gamma = weights[3:6]
-        x_std = self._standardize_blocks(ops.matmul(x, kernel), centered)
-        h_std = self._standardize_blocks(ops.matmul(h_in, recurrent_kernel), centered)
-        input_term = ops.concatenate([input_gate_gamma * x_std[0], input_candidate_gamma * x_std[2]], -1)
-        if self.use_bias:
-            input_term = input_term + weights[6]
-        recurrent_term = ops.concatenate(
-            [recurrent_gate_gamma * h_std[0], recurrent_candidate_gamma * h_std[2]], -1
+    def step_forward(self, weights, x, h_in, states, mask=None, centered=False, forward_only=False):
+        """One step (`keras_recnorm.steps`) from the (dropped-out) input `x`, `h_in` and
+        the states `(h,)`: the equations above. `centered`: the kernels are centered per
+        block (`centered_kernels`); `forward_only` changes nothing here. Returns
+        `((h',), LayerNormGRUResiduals, ())`."""
+        input_blocks = self._standardize_blocks(ops.matmul(x, weights.kernel), centered)
+        recurrent_blocks = self._standardize_blocks(ops.matmul(h_in, weights.recurrent_kernel), centered)
+        input_gate_hat, _, input_candidate_hat, _ = input_blocks
+        recurrent_gate_hat, _, recurrent_candidate_hat, _ = recurrent_blocks
+        input_term = ops.concatenate(
+            [weights.input_gate_gamma * input_gate_hat, weights.input_candidate_gamma * input_candidate_hat],
+            -1,
         )
-        h_new, gates, candidate = self.gru_gates(input_term, recurrent_term, states[0])
-        return (h_new,), (x, *x_std, *h_std, gates, candidate), ()
+        if weights.bias is not None:
+            input_term = input_term + weights.bias
+        recurrent_term = ops.concatenate(
+            [
+                weights.recurrent_gate_gamma * recurrent_gate_hat,
+                weights.recurrent_candidate_gamma * recurrent_candidate_hat,
+            ],
+            -1,
+        )
+        h_new, gates, candidate = gru_gates(
+            input_term, recurrent_term, states[0], self.recurrent_activation, self.activation
+        )
+        residuals = LayerNormGRUResiduals(x, *input_blocks, *recurrent_blocks, gates, candidate)
+        return (h_new,), residuals, ()
 
     def step_backward(self, weights, residuals, h_in, states, mask, d_new_states):
-        """The derivative of `step_forward` (sigmoid gates, tanh): from the gradient of
-        `h'`, those of `x`, `h_in`, `h` (through the update gate) and the weights."""
-        kernel, input_gate_gamma, input_candidate_gamma = weights[:3]
-        recurrent_kernel, recurrent_gate_gamma, recurrent_candidate_gamma = weights[3:6]
-        x, x_std, h_std, (gates, candidate) = residuals[0], residuals[1:5], residuals[5:9], residuals[9:]
+        """The derivative of `step_forward(centered=True)` (sigmoid gates, tanh): from the
+        gradient of `h'`, those of `x`, `h_in`, `h` (through the update gate) and the
+        weights."""
+        r = residuals
         d_input_term, d_recurrent_term, dh = gru_gates_backward(
-            d_new_states[0], gates, candidate, recurrent_candidate_gamma * h_std[2], states[0]
+            d_new_states[0], r.gates, r.candidate,
+            weights.recurrent_candidate_gamma * r.recurrent_candidate_hat, states[0],
         )
         d_x_projection, d_input_gate_gamma, d_input_candidate_gamma = self._blocks_backward(
-            d_input_term, x_std, input_gate_gamma, input_candidate_gamma
+            d_input_term, r.input_gate_hat, r.input_gate_gain, r.input_candidate_hat,
+            r.input_candidate_gain, weights.input_gate_gamma, weights.input_candidate_gamma,
         )
         d_h_projection, d_recurrent_gate_gamma, d_recurrent_candidate_gamma = self._blocks_backward(
-            d_recurrent_term, h_std, recurrent_gate_gamma, recurrent_candidate_gamma
+            d_recurrent_term, r.recurrent_gate_hat, r.recurrent_gate_gain, r.recurrent_candidate_hat,
+            r.recurrent_candidate_gain, weights.recurrent_gate_gamma, weights.recurrent_candidate_gamma,
         )
-        d_weights = (
-            ops.matmul(ops.transpose(x), d_x_projection),
-            d_input_gate_gamma,
-            d_input_candidate_gamma,
-            ops.matmul(ops.transpose(h_in), d_h_projection),
-            d_recurrent_gate_gamma,
-            d_recurrent_candidate_gamma,
+        d_weights = LayerNormGRUWeights(
+            kernel=ops.matmul(ops.transpose(r.x), d_x_projection),
+            input_gate_gamma=d_input_gate_gamma,
+            input_candidate_gamma=d_input_candidate_gamma,
+            recurrent_kernel=ops.matmul(ops.transpose(h_in), d_h_projection),
+            recurrent_gate_gamma=d_recurrent_gate_gamma,
+            recurrent_candidate_gamma=d_recurrent_candidate_gamma,
+            bias=None if weights.bias is None else ops.sum(d_input_term, axis=0),
         )
-        if self.use_bias:
-            d_weights += (ops.sum(d_input_term, axis=0),)
-        dx = ops.matmul(d_x_projection, ops.transpose(kernel))
-        dh_in = ops.matmul(d_h_projection, ops.transpose(recurrent_kernel))
+        dx = ops.matmul(d_x_projection, ops.transpose(weights.kernel))
+        dh_in = ops.matmul(d_h_projection, ops.transpose(weights.recurrent_kernel))
         return dx, dh_in, (dh,), d_weights
 
     def get_config(self):
@@ -426,27 +390,59 @@ class LayerNormSimpleRNNCell(NormalizedCell):
     TensorShape([2, 8])
     """
 
+    weights_type = LayerNormSimpleRNNWeights
+
     def __init__(self, units, **kwargs):
         super().__init__(units, **kwargs)
         self.state_size = units
+        self.normalized_widths = (units,)
 
     def build(self, input_shape):
         self.add_kernels(input_shape, self.units)
         self.add_bias(self.units)
         self.gamma = self.add_gamma("gamma", self.units)
 
-    def input_projection(self, inputs):
-        # The paper normalizes the sum of both terms: only the matmul can be hoisted.
-        return ops.matmul(inputs, self.kernel)
+    def step_forward(self, weights, x, h_in, states, mask=None, centered=False, forward_only=False):
+        """One step (`keras_recnorm.steps`) from the (dropped-out) input `x` and `h_in`:
+        the equation above (the paper normalizes the sum of both products). `centered`:
+        the kernels are centered (`centered_kernels`; their sum is then too);
+        `forward_only` changes nothing here. Returns
+        `((h',), LayerNormSimpleRNNResiduals, ())`."""
+        summed = ops.matmul(x, weights.kernel) + ops.matmul(h_in, weights.recurrent_kernel)
+        summed_hat, summed_gain = layer_standardize(summed, self.epsilon, centered)
+        pre_activation = weights.gamma * summed_hat
+        if weights.bias is not None:
+            pre_activation = pre_activation + weights.bias
+        h_new = self.activation(pre_activation)
+        return (h_new,), LayerNormSimpleRNNResiduals(x, summed_hat, summed_gain, h_new), ()
 
-    def step(self, projected, states, training=False):
-        h = states[0] if isinstance(states, (list, tuple)) else states
-        summed = projected + ops.matmul(self.dropped_state(h, training), self.recurrent_kernel)
-        normalized = layer_norm(summed, self.gamma, epsilon=self.epsilon)
-        if self.use_bias:
-            normalized = normalized + self.bias
-        h_new = self.activation(normalized)
-        return h_new, [h_new]
+    def step_backward(self, weights, residuals, h_in, states, mask, d_new_states):
+        """The derivative of `step_forward(centered=True)` (tanh): from the gradient of
+        `h'`, those of `x`, `h_in` and the weights. The LN of the sum carries the
+        recurrence: a degenerate sum passes no gradient (`layer_standardize_backward`)."""
+        r = residuals
+        d_pre_activation = d_new_states[0] * (1.0 - ops.square(r.h_new))
+        d_summed = layer_standardize_backward(
+            d_pre_activation * weights.gamma, r.summed_hat, r.summed_gain, centered=True
+        )
+        d_weights = LayerNormSimpleRNNWeights(
+            kernel=ops.matmul(ops.transpose(r.x), d_summed),
+            recurrent_kernel=ops.matmul(ops.transpose(h_in), d_summed),
+            gamma=ops.sum(d_pre_activation * r.summed_hat, axis=0),
+            bias=None if weights.bias is None else ops.sum(d_pre_activation, axis=0),
+        )
+        dx = ops.matmul(d_summed, ops.transpose(weights.kernel))
+        dh_in = ops.matmul(d_summed, ops.transpose(weights.recurrent_kernel))
+        return dx, dh_in, (None,), d_weights
+
+
+def centered_kernels(weights, widths):
+    """`weights` with `kernel` and `recurrent_kernel` centered per normalized block of the
+    given widths (`centered_columns`): the form the loops run, computed once per call."""
+    return weights._replace(
+        kernel=centered_columns(weights.kernel, widths),
+        recurrent_kernel=centered_columns(weights.recurrent_kernel, widths),
+    )
 
 
 class _LayerNormSequence(NormalizedRNN):
@@ -454,31 +450,30 @@ class _LayerNormSequence(NormalizedRNN):
     the cell's hand-written step derivative, inference a forward-only loop over the same
     step function (no residuals kept); on torch both are Python loops over it (training
     differentiated by autograd). Otherwise (other activations, half precision, `unroll`)
-    Keras's loop over the cell. The step projects its own input: hoisted, the
-    `(B, T, 4U)` input term measured slower (docs/throughput.md)."""
+    Keras's loop over the cell. The step projects its own input (the product hoisted
+    before the loop measured slower: docs/throughput.md), with kernels centered once per
+    call (`centered_kernels`)."""
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if not self.uses_fused_loop():
             return super().inner_loop(sequences, initial_state, mask, training=training)
+        cell = self.cell
         if mask is not None:
             sequences = self.zero_padding(sequences, mask)
-        projected = self.cell.input_projection(self.dropped_sequence(sequences, training))
+        sequences = self.dropped_sequence(sequences, training)
         if self.go_backwards:
-            projected = ops.flip(projected, axis=1)
+            sequences = ops.flip(sequences, axis=1)
             mask = None if mask is None else ops.flip(mask, axis=1)
+        weights = centered_kernels(cell.step_weights(), cell.normalized_widths)
+        forward = functools.partial(cell.step_forward, centered=True, forward_only=not training)
         if training:
-            hs, last_states, _ = self.fused_loop(projected, initial_state, mask, training)
-        else:
-            hs, last_states = self.forward_loop(
-                projected, initial_state, mask, forward=self.forward_only_step()
+            hs, last_states, _ = self.fused_loop(
+                sequences, initial_state, mask, training, forward, cell.step_backward, weights
             )
+        else:
+            hs, last_states = self.forward_loop(sequences, initial_state, mask, forward, weights)
         last_output, outputs = self.outputs_from_states(hs, mask, last_states[0])
         return last_output, outputs, list(last_states)
-
-    def forward_only_step(self):
-        """The step function of the forward-only loop (inference): the cell's."""
-        return self.cell.step_forward
-
 
 
 @register
@@ -516,10 +511,6 @@ class LayerNormLSTM(_LayerNormSequence):
     """
 
     cell_class = LayerNormLSTMCell
-
-    def forward_only_step(self):
-        # Nothing is kept for a backward step: the gates come from one activation.
-        return functools.partial(self.cell.step_forward, one_activation=True)
 
 
 @register

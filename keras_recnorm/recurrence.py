@@ -10,18 +10,13 @@ forward loop saves only what the backward step needs, and the backward loop is a
 `tf.while_loop` that accumulates the recurrent weights' gradients as loop carries. On
 JAX the same step functions (written in `keras.ops`) run in two `lax.scan`s.
 
-A cell supplies the pair of step functions (its `step_forward` and `step_backward`); this
-module owns the loops, the masking (a padded step keeps every state) and the recurrent
-dropout mask (applied to `h`, the first state), which are the same for every cell:
-
-- `forward(weights, input_t, h_in, states, mask_t) -> (new_states, residuals,
-  statistics)`: `states` the state tuple before the step (`h` first), `h_in` its `h`
-  with recurrent dropout applied, `mask_t (B, 1)` or `None`; `residuals` a tuple of
-  tensors the backward step needs, `statistics` a (possibly empty) tuple of per-step
-  values returned without gradient.
-- `backward(weights, residuals, h_in, states, mask_t, d_new_states) -> (d_input_t, d_h_in,
-  d_states, d_weights)`: the derivative of `forward`; `d_states` holds, per state, its
-  gradient other than through `h_in` (`None` where there is none, as for the LSTM's `h`).
+A cell supplies the pair of step functions, its `step_forward` and `step_backward`, as
+the step protocol reads (`keras_recnorm.steps`: the signatures, the weights and residuals
+tuples). This module knows nothing else of the cell: it owns the loops, the masking (a
+padded step keeps every state) and the recurrent dropout mask (applied to `h`, the first
+state), which are the same for every cell. The weights and residuals tuples may hold
+`None` (a weight the cell doesn't have, a part applied before the loop): the loops carry
+only their tensors (`_Fields`).
 """
 
 import keras
@@ -32,14 +27,14 @@ def recurrence(forward, backward, inputs, mask, initial_states, recurrent_mask, 
     (TensorFlow or JAX).
 
     Args:
-        forward, backward: the cell's step functions (see the module's docstring).
-        inputs: `(T, B, F)`, every step's input as `forward` takes it (the LN-LSTM: `x`;
-            the LN-GRU and the BN layers: their normalized input term plus bias).
+        forward, backward: the step functions (`keras_recnorm.steps`).
+        inputs: `(T, B, F)`, every step's input `x` as `forward` takes it.
         mask: `(T, B, 1)` 0/1 in the compute dtype (0: padding, the states are kept), or
             `None`.
         initial_states: the state tuple before the first step, `h (B, U)` first.
         recurrent_mask: `(B, U)` recurrent dropout mask applied to `h`, or `None`.
-        weights: tuple of tensors the step functions use (gradients flow to them).
+        weights: the weights tuple the step functions take (gradients flow to its
+            tensors).
 
     Returns:
         `(hs, last_states, statistics)`: `hs (T, B, U)` the `h` state after every step,
@@ -49,9 +44,9 @@ def recurrence(forward, backward, inputs, mask, initial_states, recurrent_mask, 
     driver = {"jax": _jax_recurrence, "torch": _autograd_recurrence}.get(
         keras.backend.backend(), _tf_recurrence
     )
-    steps = _Steps(forward, backward, len(initial_states))
+    steps = _Steps(forward, backward, len(initial_states), weights)
     hs, tail, statistics = driver(
-        steps, inputs, mask, tuple(initial_states), recurrent_mask, tuple(weights)
+        steps, inputs, mask, tuple(initial_states), recurrent_mask, steps.flat_weights(weights)
     )
     statistics = tuple(keras.ops.stop_gradient(s) for s in statistics)
     return hs, (hs[-1],) + tuple(tail), statistics
@@ -62,10 +57,10 @@ def forward_recurrence(forward, inputs, mask, initial_states, weights, all_outpu
     custom gradient (the backend can still differentiate the loop). `inputs` may also be
     a tuple of time-major tensors: `forward` then gets the tuple of their steps (the BN
     layers: each step's input, next slots and mask). Returns
-    `(hs, last_states)`, `hs` `None` unless `all_outputs` (writing every step's `h`
-    measured 2-4% of a small LSTM's inference)."""
-    steps = _Steps(forward, None, len(initial_states))
-    initial_states, weights = tuple(initial_states), tuple(weights)
+    `(hs, last_states)`, `hs` `None` unless `all_outputs` (every step's `h` written only
+    where it is returned: docs/throughput.md)."""
+    steps = _Steps(forward, None, len(initial_states), weights)
+    initial_states, weights = tuple(initial_states), steps.flat_weights(weights)
     if keras.backend.backend() == "torch":
         return _python_forward_recurrence(steps, inputs, mask, initial_states, weights, all_outputs)
     if keras.backend.backend() == "jax":
@@ -129,12 +124,39 @@ def keep_padded(m, new, old):
     return new if m is None else m * new + (1.0 - m) * old
 
 
+class _Fields:
+    """Which fields of a weights or residuals tuple are tensors, and which `None`: the
+    loops carry only the tensors (`flat`), the step functions get the tuple (`restore`)."""
+
+    def __init__(self, example):
+        self.make = getattr(type(example), "_make", tuple)
+        self.names = getattr(type(example), "_fields", range(len(example)))
+        self.present = tuple(value is not None for value in example)
+
+    def flat(self, values):
+        for name, value, present in zip(self.names, values, self.present):
+            if present and value is None:  # else the gradients would shift to other weights
+                raise ValueError(f"The step returned no gradient for its weight `{name}`.")
+        return tuple(value for value, present in zip(values, self.present) if present)
+
+    def restore(self, flat):
+        values = iter(flat)
+        return self.make(next(values) if present else None for present in self.present)
+
+
 class _Steps:
     """One step forward and one step backward with the masking and the recurrent dropout
     applied: what both drivers run in their loops."""
 
-    def __init__(self, forward, backward, n_states):
+    def __init__(self, forward, backward, n_states, weights):
         self.forward, self.backward, self.n_states = forward, backward, n_states
+        self.weights = _Fields(weights)
+        self.residuals = None  # known after the first forward step
+
+    def flat_weights(self, weights):
+        """The weights' tensors, each a tensor and not a variable: `tf.custom_gradient`
+        must not see a variable read inside."""
+        return tuple(keras.ops.copy(w) for w in self.weights.flat(weights))
 
     @staticmethod
     def dropped(h, recurrent_mask):
@@ -142,20 +164,23 @@ class _Steps:
 
     def advance(self, weights, x, states, m, recurrent_mask):
         """The new states, what the backward step reads (the states, then the
-        residuals) and what the loop returns (`h'`, then the statistics)."""
+        residuals' tensors) and what the loop returns (`h'`, then the statistics)."""
         h_in = self.dropped(states[0], recurrent_mask)
-        new, residuals, statistics = self.forward(weights, x, h_in, states, m)
+        new, residuals, statistics = self.forward(self.weights.restore(weights), x, h_in, states, m)
         new = tuple(keep_padded(m, a, b) for a, b in zip(new, states))
-        return new, (states, tuple(residuals)), (new[0],) + tuple(statistics)
+        self.residuals = _Fields(residuals)
+        return new, (states, self.residuals.flat(residuals)), (new[0],) + tuple(statistics)
 
     def retreat(self, weights, d_states, d_h, states, residuals, m, recurrent_mask):
         """From the gradients of the states after the step (`d_h` that of the step's
         output `h'`): those of the states before it, of the step's input and of the
-        weights."""
+        weights' tensors."""
         d_states = (d_states[0] + d_h,) + tuple(d_states[1:])
         d_new = d_states if m is None else tuple(m * d for d in d_states)
         h_in = self.dropped(states[0], recurrent_mask)
-        dx, dh_in, d_direct, dw = self.backward(weights, residuals, h_in, states, m, d_new)
+        dx, dh_in, d_direct, dw = self.backward(
+            self.weights.restore(weights), self.residuals.restore(residuals), h_in, states, m, d_new
+        )
         d_before = tuple(
             # What reaches a state before the step: through the step (h also through
             # h_in), and, where the step is padding, the kept state's gradient.
@@ -164,7 +189,7 @@ class _Steps:
             + (0.0 if m is None else (1.0 - m) * d_states[k])
             for k in range(self.n_states)
         )
-        return d_before, dx, tuple(dw)
+        return d_before, dx, self.weights.flat(dw)
 
 
 def _tf_recurrence(steps, inputs, mask, initial_states, recurrent_mask, weights):
