@@ -1,18 +1,15 @@
 """The Keras internals keras_recnorm needs, in one place.
 
-Keras's public API has no equivalent for these three, so they are imported from
+Keras's public API has no equivalent for these two, so they are imported from
 `keras.src` here and nowhere else; `tests/test_compat.py` checks each of them on the
 oldest (`.ci/oldest.txt`) and the newest supported Keras, so a Keras release that moves one
 fails there first.
 
 - `DropoutRNNCell`: `keras.layers.RNN` prepares and resets a cell's dropout masks only when
   the cell is an instance of this class, so our cells must subclass the class itself.
-- `rnn`: the backend's recurrent loop with masking (`keras.layers.RNN` runs on it);
-  `keras.ops.scan` has no mask, no `go_backwards` and no `unroll`.
 - `patch_tf2onnx`: Keras's fix of tf2onnx for NumPy 2, applied by Keras's own ONNX export.
 """
 
-from keras.src.backend import rnn  # noqa: F401
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell  # noqa: F401
 
 

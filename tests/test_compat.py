@@ -29,29 +29,6 @@ def test_keras_rnn_gives_our_cell_a_fresh_dropout_mask_per_batch():
     assert layer.cell._dropout_mask is None  # and cleared it after the call
 
 
-@pytest.mark.parametrize("go_backwards", [False, True])
-def test_rnn_is_the_backend_loop_with_masking(go_backwards):
-    # A running sum; the masked step of the second sample keeps its state and, with
-    # zero_output_for_mask, outputs zero.
-    def step(inputs, states):
-        total = states[0] + inputs
-        return total, [total]
-
-    x = np.arange(1, 7, dtype="float32").reshape(2, 3, 1)
-    mask = np.array([[True, True, True], [True, True, False]])
-    last, outputs, states = compat.rnn(
-        step,
-        keras.ops.convert_to_tensor(x),
-        [keras.ops.zeros((2, 1))],
-        go_backwards=go_backwards,
-        mask=keras.ops.convert_to_tensor(mask),
-        zero_output_for_mask=True,
-    )
-    assert to_numpy(states[0]).ravel().tolist() == [6.0, 9.0]
-    expected = [[1, 3, 6], [4, 9, 0]] if not go_backwards else [[3, 5, 6], [0, 5, 9]]
-    assert to_numpy(outputs)[..., 0].tolist() == expected
-
-
 def test_patch_tf2onnx_applies_where_keras_has_it():
     pytest.importorskip("tf2onnx")
     applied = compat.patch_tf2onnx()
