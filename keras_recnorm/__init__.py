@@ -9,6 +9,8 @@ from keras_recnorm.batch_norm import (
     BatchNormGRUCell,
     BatchNormLSTM,
     BatchNormLSTMCell,
+    BatchNormSimpleRNN,
+    BatchNormSimpleRNNCell,
     recompute_population_statistics,
 )
 from keras_recnorm.layer_norm import (
@@ -16,6 +18,7 @@ from keras_recnorm.layer_norm import (
     LayerNormGRUCell,
     LayerNormLSTM,
     LayerNormLSTMCell,
+    LayerNormSimpleRNN,
     LayerNormSimpleRNNCell,
 )
 
@@ -27,9 +30,12 @@ __all__ = [
     "LayerNormSimpleRNNCell",
     "LayerNormLSTM",
     "LayerNormGRU",
+    "LayerNormSimpleRNN",
     "BatchNormLSTMCell",
     "BatchNormGRUCell",
+    "BatchNormSimpleRNNCell",
     "BatchNormLSTM",
     "BatchNormGRU",
+    "BatchNormSimpleRNN",
     "recompute_population_statistics",
 ]

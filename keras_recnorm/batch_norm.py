@@ -41,6 +41,7 @@ from keras_recnorm.recurrence import keep_padded
 from keras_recnorm.steps import (
     BatchNormGRUResiduals,
     BatchNormLSTMResiduals,
+    BatchNormSimpleRNNResiduals,
     BatchNormWeights,
     LSTMWeights,
     gru_gates,
@@ -124,6 +125,18 @@ class BatchNormCell(NormalizedCell):
                 autocast=False,
             )
             setattr(self, f"{term}_moving_{statistic}", variable)
+
+    def add_input_and_recurrent_weights(self, input_shape, width):
+        """The weights of a cell with two batch-normalized terms (`BatchNormWeights`), in
+        their saved order: `kernel`, `recurrent_kernel`, `bias`, `input_gamma`,
+        `recurrent_gamma`, then the population statistics of the input and the recurrent
+        term."""
+        self.add_kernels(input_shape, width)
+        self.add_bias(width)
+        self.input_gamma = self.add_gamma("input_gamma", width)
+        self.recurrent_gamma = self.add_gamma("recurrent_gamma", width)
+        self.add_moving_statistics("input", width)
+        self.add_moving_statistics("recurrent", width)
 
     def check_counter_dtype(self, steps):
         """Inside `keras.layers.RNN` the counter is a state in the compute dtype, where it
@@ -596,13 +609,7 @@ class BatchNormGRUCell(BatchNormCell, GatedCell):
         self.state_size = [units, 1]
 
     def build(self, input_shape):
-        width = 3 * self.units
-        self.add_kernels(input_shape, width)
-        self.add_bias(width)
-        self.input_gamma = self.add_gamma("input_gamma", width)
-        self.recurrent_gamma = self.add_gamma("recurrent_gamma", width)
-        self.add_moving_statistics("input", width)
-        self.add_moving_statistics("recurrent", width)
+        self.add_input_and_recurrent_weights(input_shape, 3 * self.units)
 
     def step_forward(self, weights, x, h_in, states, mask=None, population=None, forward_only=False):
         """One step (`keras_recnorm.steps`) from the (dropped-out) input `x`, `h_in` and
@@ -645,6 +652,117 @@ class BatchNormGRUCell(BatchNormCell, GatedCell):
 
     def get_config(self):
         return {**super().get_config(), "reset_after": self.reset_after}
+
+
+@register
+class BatchNormSimpleRNNCell(BatchNormCell):
+    """Fully-connected RNN cell with recurrent batch normalization (Cooijmans et al. 2016):
+
+    ```
+    h' = activation(BN_t(x·kernel; input_gamma) + BN_t(h·recurrent_kernel; recurrent_gamma) + bias)
+    ```
+    with separate statistics for every time step t. The state is `[h, step]` (see
+    `BatchNormLSTMCell` for the step counter).
+
+    Args:
+        units: positive integer, dimensionality of the output space.
+        max_timesteps: positive integer T_max, the number of per-step statistics slots.
+            Step t uses slot `min(t, max_timesteps - 1)`: longer sequences work and
+            share the last slot.
+        momentum: momentum of the moving averages of the statistics, in [0, 1)
+            (default 0.95, the reference implementation's update rate 0.05); how a step
+            that only some samples reach moves them: `BatchNormLSTMCell`.
+        activation: activation of the output (default `tanh`).
+        use_bias: whether to add `bias`, the shift of the normalized terms.
+        kernel_initializer, recurrent_initializer, bias_initializer: initializers of
+            `kernel` (`glorot_uniform`), `recurrent_kernel` (`orthogonal`), `bias`.
+        gamma_initializer: initializer of both γ; default `Constant(0.1)` (the paper:
+            0.1 keeps the activation out of saturation).
+        beta_initializer: accepted for a constructor like the other cells'; the terms'
+            only shift is `bias`.
+        moving_mean_initializer, moving_variance_initializer: initial population
+            statistics (`zeros`, `ones`).
+        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer,
+            beta_regularizer, kernel_constraint, recurrent_constraint, bias_constraint,
+            gamma_constraint, beta_constraint: as in Keras.
+        dropout: fraction of the input units to drop, in [0, 1). One mask per sequence.
+        recurrent_dropout: fraction of the recurrent state's units to drop, in [0, 1).
+        epsilon: added to the variance inside the square root (default 1e-5).
+        seed: random seed of the dropout masks.
+        synchronized: as in `keras.layers.BatchNormalization`; under a `tf.distribute`
+            strategy, as for `BatchNormLSTMCell`.
+
+    Call arguments:
+        inputs: a 2D tensor `(batch, features)`, the input at one time step.
+        states: the previous states `[h, step]`, the step counter last.
+        training: `True` uses the batch's statistics at this step and updates the
+            population statistics (as `fit` does); `False` uses the population
+            statistics (`predict`, `evaluate`, export). A cell with `trainable=False`
+            always runs in inference mode.
+
+    Returns:
+        `(output, new_states)`: `h'` of shape `(batch, units)` and the list of the new
+        states, the step counter last.
+
+    Statistics updates inside `keras.layers.RNN`, and what Keras's extra calls of the
+    first step do to slot 0: as for `BatchNormLSTMCell`. On JAX, training the cell inside
+    `keras.layers.RNN` raises an error: use `BatchNormSimpleRNN`.
+
+    Example:
+
+    >>> import numpy as np, keras
+    >>> from keras_recnorm import BatchNormSimpleRNNCell
+    >>> cell = BatchNormSimpleRNNCell(8, max_timesteps=5)
+    >>> keras.layers.RNN(cell)(np.ones((2, 5, 3), "float32")).shape
+    TensorShape([2, 8])
+    """
+
+    weights_type = BatchNormWeights
+    normalized_terms = ("input", "recurrent")
+    sequence_layer_name = "BatchNormSimpleRNN"
+    state_names = "[h, step]"
+
+    def __init__(self, units, max_timesteps, **kwargs):
+        super().__init__(units, max_timesteps, **kwargs)
+        self.state_size = [units, 1]
+
+    def build(self, input_shape):
+        self.add_input_and_recurrent_weights(input_shape, self.units)
+
+    def step_forward(self, weights, x, h_in, states, mask=None, population=None, forward_only=False):
+        """One step (`keras_recnorm.steps`) from the (dropped-out) input `x` and `h_in`:
+        the equation above. Batch statistics over the samples whose `mask (B, 1)` is 1,
+        or the `population` statistics given (see `BatchNormLSTMCell.step_forward`);
+        `forward_only` changes nothing here.
+
+        Returns `((h',), BatchNormSimpleRNNResiduals, statistics)`: the mean and variance
+        of the input term (unless given) and of the recurrent term.
+        """
+        input_population, recurrent_population = population or (None, None)
+        input_term, input_hat, input_rstd, input_statistics = self.input_term(
+            weights, x, mask, input_population
+        )
+        recurrent_term, recurrent_hat, recurrent_rstd, recurrent_statistics = self.recurrent_term(
+            weights, h_in, mask, recurrent_population
+        )
+        pre_activation = input_term + recurrent_term
+        # The state keeps its dtype: Keras's tanh on JAX returns float32 for float64.
+        h_new = ops.cast(self.activation(pre_activation), pre_activation.dtype)
+        residuals = BatchNormSimpleRNNResiduals(input_hat, input_rstd, recurrent_hat, recurrent_rstd, h_new)
+        return (h_new,), residuals, (*input_statistics, *recurrent_statistics)
+
+    def step_backward(self, weights, residuals, h_in, states, mask, d_new_states):
+        """The derivative of `step_forward` with batch statistics (tanh), in the training
+        loop's form: from the gradient of `h'`, those of `x`, `h_in` and the weights."""
+        r = residuals
+        counted = ops.ones_like(h_in[:, :1]) if mask is None else mask
+        d_pre_activation = d_new_states[0] * (1.0 - ops.square(r.h_new))
+        d_recurrent_kernel, d_recurrent_gamma, dh_in = self.recurrent_term_backward(
+            weights, r, d_pre_activation, h_in, counted
+        )
+        dx, d_input_gamma, d_bias = self.input_term_backward(weights, r, d_pre_activation, counted)
+        d_weights = BatchNormWeights(None, d_input_gamma, d_recurrent_kernel, d_recurrent_gamma, d_bias)
+        return dx, dh_in, (None,), d_weights
 
 
 _STEP_COUNTERS = threading.local()
@@ -1050,6 +1168,47 @@ class BatchNormGRU(_BatchNormSequence):
     """
 
     cell_class = BatchNormGRUCell
+
+@register
+class BatchNormSimpleRNN(_BatchNormSequence):
+    """Batch-normalized SimpleRNN layer with per-time-step statistics (Cooijmans et al.
+    2016).
+
+    A `keras.layers.RNN` over a `BatchNormSimpleRNNCell` that it owns, constructed like
+    `keras.layers.SimpleRNN`: every argument of `BatchNormSimpleRNNCell` (`units` and
+    `max_timesteps` first), plus `return_sequences`, `return_state`, `go_backwards`,
+    `stateful`, `unroll` and `zero_output_for_mask`. Same weights (same names) and, for
+    unpadded input, the same outputs as `keras.layers.RNN(BatchNormSimpleRNNCell(...))`.
+    Beyond the cell, as `BatchNormLSTM`: padding-aware statistics (each step's batch
+    statistics over the samples that are real at that step, counted per sample over its
+    own real steps), one update of the population statistics per batch after the loop
+    (JAX included), and the loops with the step's hand-written derivative (TensorFlow,
+    JAX; a Python loop on torch) and forward only at inference, with the default `tanh`
+    in float32 or float64. `return_state=True` also returns the step counter, in float32.
+
+    Call arguments:
+        sequences: a 3D tensor `(batch, timesteps, features)`.
+        initial_state: optional list of initial states, `[h, step]`; without `step`, as
+            `keras.layers.SimpleRNN` takes them, the step counter starts at 0.
+        mask: optional boolean `(batch, timesteps)`.
+        training: batch statistics and statistics updates (`fit`), or population
+            statistics (`predict`, `evaluate`, export).
+
+    Returns:
+        As `keras.layers.SimpleRNN`: the last output `(batch, units)`, or every step's
+        `(batch, timesteps, units)` with `return_sequences`; with `return_state`, a list
+        of that and the final states (`h` and `step`).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_recnorm import BatchNormSimpleRNN
+    >>> BatchNormSimpleRNN(16, max_timesteps=10)(np.ones((4, 10, 3), "float32")).shape
+    TensorShape([4, 16])
+    """
+
+    cell_class = BatchNormSimpleRNNCell
+
 
 
 def _to_float64(tensor):

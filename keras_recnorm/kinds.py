@@ -9,17 +9,25 @@ Example:
 >>> kind("layer_norm_lstm").layer.__name__
 'LayerNormLSTM'
 >>> [k.name for k in KINDS if k.family == "batch_norm"]
-['batch_norm_lstm', 'batch_norm_gru']
+['batch_norm_lstm', 'batch_norm_gru', 'batch_norm_simple_rnn']
 """
 
 from typing import NamedTuple, Optional
 
-from keras_recnorm.batch_norm import BatchNormGRU, BatchNormGRUCell, BatchNormLSTM, BatchNormLSTMCell
+from keras_recnorm.batch_norm import (
+    BatchNormGRU,
+    BatchNormGRUCell,
+    BatchNormLSTM,
+    BatchNormLSTMCell,
+    BatchNormSimpleRNN,
+    BatchNormSimpleRNNCell,
+)
 from keras_recnorm.layer_norm import (
     LayerNormGRU,
     LayerNormGRUCell,
     LayerNormLSTM,
     LayerNormLSTMCell,
+    LayerNormSimpleRNN,
     LayerNormSimpleRNNCell,
 )
 
@@ -55,10 +63,12 @@ class Kind(NamedTuple):
 KINDS = (
     Kind("layer_norm_lstm", "LN-LSTM", LayerNormLSTMCell, LayerNormLSTM, "layer_norm", "lstm", "LSTM"),
     Kind("layer_norm_gru", "LN-GRU", LayerNormGRUCell, LayerNormGRU, "layer_norm", "gru", "GRU"),
-    Kind("layer_norm_simple_rnn", "LN-SimpleRNN", LayerNormSimpleRNNCell, None, "layer_norm",
-         "simple_rnn", "SimpleRNN"),
+    Kind("layer_norm_simple_rnn", "LN-SimpleRNN", LayerNormSimpleRNNCell, LayerNormSimpleRNN,
+         "layer_norm", "simple_rnn", "SimpleRNN"),
     Kind("batch_norm_lstm", "BN-LSTM", BatchNormLSTMCell, BatchNormLSTM, "batch_norm", "lstm", "LSTM"),
     Kind("batch_norm_gru", "BN-GRU", BatchNormGRUCell, BatchNormGRU, "batch_norm", "gru", "GRU"),
+    Kind("batch_norm_simple_rnn", "BN-SimpleRNN", BatchNormSimpleRNNCell, BatchNormSimpleRNN,
+         "batch_norm", "simple_rnn", "SimpleRNN"),
 )
 
 

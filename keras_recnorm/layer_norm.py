@@ -413,7 +413,8 @@ class LayerNormSimpleRNNCell(NormalizedCell):
         pre_activation = weights.gamma * summed_hat
         if weights.bias is not None:
             pre_activation = pre_activation + weights.bias
-        h_new = self.activation(pre_activation)
+        # The state keeps its dtype: Keras's tanh on JAX returns float32 for float64.
+        h_new = ops.cast(self.activation(pre_activation), pre_activation.dtype)
         return (h_new,), LayerNormSimpleRNNResiduals(x, summed_hat, summed_gain, h_new), ()
 
     def step_backward(self, weights, residuals, h_in, states, mask, d_new_states):
@@ -548,3 +549,40 @@ class LayerNormGRU(_LayerNormSequence):
     """
 
     cell_class = LayerNormGRUCell
+
+
+@register
+class LayerNormSimpleRNN(_LayerNormSequence):
+    """Layer-normalized SimpleRNN layer (Ba, Kiros & Hinton 2016).
+
+    A `keras.layers.RNN` over a `LayerNormSimpleRNNCell` that it owns, constructed like
+    `keras.layers.SimpleRNN`: every argument of `LayerNormSimpleRNNCell`, plus
+    `return_sequences`, `return_state`, `go_backwards`, `stateful`, `unroll` and
+    `zero_output_for_mask`. Same weights (same names) and outputs as
+    `keras.layers.RNN(LayerNormSimpleRNNCell(...))`. Faster on TensorFlow and JAX (with
+    the default `tanh`, float32 or float64): the loop runs the cell's step with its
+    hand-written derivative (`keras_recnorm.recurrence`) instead of differentiating the
+    loop, and inference runs it forward only; on torch, Python loops over the same step.
+    Elsewhere it runs as `RNN(LayerNormSimpleRNNCell)`.
+
+    Call arguments:
+        sequences: a 3D tensor `(batch, timesteps, features)`.
+        initial_state: optional list of initial state tensors (`[h]`).
+        mask: optional boolean `(batch, timesteps)`; masked steps leave the state as it
+            was (from `Embedding(mask_zero=True)`, `Masking`, or passed explicitly).
+        training: whether dropout is applied.
+
+    Returns:
+        As `keras.layers.SimpleRNN`: the last output `(batch, units)`, or every step's
+        `(batch, timesteps, units)` with `return_sequences`; with `return_state`, a list
+        of that and the final state `h`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_recnorm import LayerNormSimpleRNN
+    >>> LayerNormSimpleRNN(16, return_sequences=True)(np.ones((4, 10, 3), "float32")).shape
+    TensorShape([4, 10, 16])
+    """
+
+    cell_class = LayerNormSimpleRNNCell

@@ -16,7 +16,8 @@ Every function takes
   is zero (`zero_output_for_mask=True`).
 
 and returns `(outputs (B, T, U), final_states)`; the batch-normalized cells (`bn_lstm`,
-`bn_gru`) also take `training` and return the updated population statistics.
+`bn_gru`, `bn_simple_rnn`) also take `training` and return the updated population
+statistics.
 
 Gate order along the pre-activations is Keras's: i, f, g, o (LSTM) and z, r, h (GRU).
 """
@@ -130,7 +131,11 @@ def ln_simple_rnn(weights, x, h0=None, *, epsilon=1e-5, activation=np.tanh, mask
 
 # -- recurrent batch normalization (Cooijmans et al. 2016) ----------------------------
 
-BN_TERMS = {"lstm": ("input", "recurrent", "cell"), "gru": ("input", "recurrent")}
+BN_TERMS = {
+    "lstm": ("input", "recurrent", "cell"),
+    "gru": ("input", "recurrent"),
+    "simple_rnn": ("input", "recurrent"),
+}
 
 
 def batch_norm(a, mean, variance, gamma, beta=None, epsilon=1e-5):
@@ -273,6 +278,9 @@ def _bn_run(kind, weights, x, states, step0, *, training, momentum, epsilon, mas
             c_new = sigma(f) * c + sigma(i) * tanh(g)
             h_new = sigma(o) * tanh(bn("cell", c_new, w["cell_gamma"], w["cell_beta"]))
             new_states = [h_new, c_new]
+        elif kind == "simple_rnn":
+            h_new = tanh(px + ph + bias)
+            new_states = [h_new]
         else:
             (h,) = states
             u2 = 2 * units
@@ -393,5 +401,27 @@ def bn_gru(weights, x, h0=None, step0=None, *, training, momentum=0.95, epsilon=
                    zero_output_for_mask=zero_output_for_mask,
                    first_step_updates=first_step_updates, activation=activation,
                    recurrent_activation=recurrent_activation,
+                   return_batch_statistics=return_batch_statistics,
+                   whole_sequence=whole_sequence)
+
+
+def bn_simple_rnn(weights, x, h0=None, step0=None, *, training, momentum=0.95, epsilon=1e-5,
+                  mask=None, exclude_masked=True, zero_output_for_mask=False,
+                  first_step_updates=1, activation=np.tanh, return_batch_statistics=False,
+                  whole_sequence=False):
+    """BatchNormSimpleRNNCell / BatchNormSimpleRNN: the fully-connected RNN with `BN_t`:
+
+    ```
+    h' = activation(BN_t(x·kernel; input_gamma) + BN_t(h·recurrent_kernel; recurrent_gamma) + bias)
+    ```
+
+    Population statistics `{input,recurrent}_moving_{mean,variance}`, `(T_max, U)`.
+    Statistics rules, arguments and return values as `bn_lstm` (states `[h, step]`).
+    """
+    return _bn_run("simple_rnn", weights, x, [h0], step0, training=training,
+                   momentum=momentum, epsilon=epsilon, mask=mask,
+                   exclude_masked=exclude_masked, zero_output_for_mask=zero_output_for_mask,
+                   first_step_updates=first_step_updates, activation=activation,
+                   recurrent_activation=sigmoid,
                    return_batch_statistics=return_batch_statistics,
                    whole_sequence=whole_sequence)
