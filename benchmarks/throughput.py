@@ -429,6 +429,8 @@ def describe_machine(backend):
 
         versions += f", torch {torch.__version__}"
         accelerators = [torch.cuda.get_device_name(0)] if torch.cuda.is_available() else []
+        if accelerators:
+            versions += f" (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})"
         # torch's matmuls and cuDNN's RNN have separate TF32 switches.
         precision = (
             f"torch.backends.cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}, "
