@@ -98,7 +98,8 @@ if [[ -z "$wheels" && -d .whl ]] &&
     ! "$PYTHON" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("keras") is None)'; then
     wheels=.whl
 fi
-site=""
+site="" scratch=""
+trap 'rm -rf "$site" "$scratch"' EXIT  # the temporary install and results, not --results
 if [[ -n "$wheels" ]]; then
     compgen -G "$wheels/*.whl" >/dev/null ||
         fail "no wheels in '$wheels': make them with 'make gpu-wheels' (they travel in .whl)."
@@ -122,13 +123,17 @@ else
         fail "torch sees no CUDA GPU; run it where one is (or pass --cpu-smoke to check the script on CPU)."
 fi
 
-results="${results:-$(mktemp "${TMPDIR:-/tmp}/gpu-results.XXXXXX")}"
+if [[ -z "$results" ]]; then
+    scratch=$(mktemp "${TMPDIR:-/tmp}/gpu-results.XXXXXX")
+    results="$scratch"
+fi
 : >"$results"
 start=$SECONDS failed=""
 for backend in torch jax; do
     left=$((budget - (SECONDS - start)))
     share=$([[ $backend == torch ]] && echo $((budget * 2 / 5)) || echo "$left")
     share=$((share < left ? share : left))
+    share=$((share > 0 ? share : 1))  # timeout 0 would mean no limit
     extra=(--cudnn-check)
     [[ $backend == torch ]] && extra+=(--torch-rnn)
     echo "[$((SECONDS - start)) s] $backend: at most $share s" >&2
