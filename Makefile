@@ -19,7 +19,7 @@ LIBRARY_TESTS := tests/test_layer_norm.py tests/test_batch_norm.py tests/test_la
 	tests/test_degenerate_inputs.py tests/test_compat.py tests/test_errors.py
 SECONDARY := -q -p no:cacheprovider
 
-.PHONY: test test-tensorflow test-jax test-torch test-oldest demo clean
+.PHONY: test test-tensorflow test-jax test-torch test-oldest demo clean gpu-wheels
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,12 @@ $(DEMO_STAMP): $(PY) setup.cfg pyproject.toml
 
 demo: $(DEMO_STAMP)
 	$(PY) examples/demo.py $(DEMO_ARGS)
+
+# The wheels a lent GPU machine lacks (it has Python 3.12, torch and JAX, no Keras): Keras at
+# the version of this venv and the dependencies of it the machine doesn't have, into .whl,
+# which benchmarks/gpu.sh installs there (docs/throughput.md, section GPU).
+gpu-wheels: $(STAMP)
+	PYTHON=$(PY) bash benchmarks/gpu.sh --download-wheels .whl
 
 clean:
 	rm -rf $(VENV) $(VENV_OLDEST) build dist *.egg-info

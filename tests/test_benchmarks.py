@@ -82,10 +82,36 @@ def test_bad_shape_is_a_clear_error():
 
 
 @pytest.mark.skipif(not Path("/bin/bash").exists(), reason="needs bash")
-def test_gpu_script_runs_on_cpu_with_its_smoke_flag():
+def test_gpu_script_smoke_runs_every_kind_on_jax_and_torch_beside_torch_rnn():
+    from keras_recnorm.kinds import KINDS
+
     stdout = run(["bash", "benchmarks/gpu.sh", "--cpu-smoke"], PYTHON=sys.executable)
-    table = rows(stdout)
-    assert {"LayerNormLSTM", "LayerNormGRU", "keras.layers.LSTM", "keras.layers.GRU"} <= set(table)
+    summary = stdout.split("=== summary")[1]
+    table = {}
+    for line in summary.splitlines():
+        if line.startswith(("torch ", "jax ")):
+            fields = line.split()
+            table[fields[0], fields[1]] = (" ".join(fields[2:-6]), *map(float, fields[-6:]))
+    twins = ["keras.layers.LSTM", "keras.layers.GRU"]
+    ours = [k.layer.__name__ for k in KINDS if k.layer is not None]
+    expected = {(backend, name) for backend in ("torch", "jax") for name in twins + ours}
+    assert set(table) == expected | {("torch", "torch.nn.LSTM"), ("torch", "torch.nn.GRU")}
+    for (backend, name), (cudnn, *figures) in table.items():
+        # On a CPU nothing reaches cuDNN; only the twins and torch's RNNs are checked.
+        assert cudnn == ("-" if name in ours else "no"), (backend, name)
+        assert all(value > 0 for value in figures), (backend, name)
+    assert "backend jax: keras_recnorm" in summary and "backend torch: keras_recnorm" in summary
+
+
+def test_gpu_script_without_wheels_is_a_clear_error(tmp_path):
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu.sh", "--wheels", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env=ENV,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"gpu.sh: no wheels in '{tmp_path}': make them with 'make gpu-wheels' (they travel in .whl)."
+    )
 
 
 def test_profile_script_runs():
