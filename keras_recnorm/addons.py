@@ -35,7 +35,7 @@ import zipfile
 import keras
 from keras import ops
 
-from keras_recnorm.base import GatedCell, NormalizedCell
+from keras_recnorm.base import GatedCell, NormalizedCell, check_positive
 
 PACKAGE = "keras_recnorm.addons"
 GUIDE = "docs/migrating_from_addons.md"
@@ -182,6 +182,7 @@ class LayerNormLSTMCell(GatedCell):
     ):
         # Keras 2's LSTMCell config holds `implementation`; there is one here.
         kwargs.pop("implementation", None)
+        check_positive("norm_epsilon", norm_epsilon)
         super().__init__(
             units,
             activation=_keras2_activation(activation),
@@ -328,6 +329,7 @@ class LayerNormSimpleRNNCell(NormalizedCell):
         seed=None,
         **kwargs,
     ):
+        check_positive("layernorm_epsilon", layernorm_epsilon)
         super().__init__(
             units,
             activation=_keras2_activation(activation),
@@ -380,3 +382,121 @@ class LayerNormSimpleRNNCell(NormalizedCell):
         })
         config["layernorm_epsilon"] = self.epsilon
         return config
+
+
+# -- whole models saved with Addons ------------------------------------------------------
+
+# Addons' registered names (`Addons>...`) and class names, as Keras 2 wrote them.
+_ADDONS_CELLS = {"LayerNormLSTMCell": LayerNormLSTMCell,
+                 "LayerNormSimpleRNNCell": LayerNormSimpleRNNCell}
+# What Keras 2 wrote into a layer's config and Keras 3's layers don't take.
+_KERAS2_ONLY_ARGUMENTS = ("time_major",)
+
+
+def _keras3_config(node):
+    """A Keras 2 model config made loadable by Keras 3: Addons' cells named as this module
+    registers them, and Keras 2-only layer arguments dropped."""
+    if isinstance(node, list):
+        return [_keras3_config(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _keras3_config(value) for key, value in node.items()}
+    name = node.get("class_name")
+    if isinstance(name, str) and name.split(">")[-1] in _ADDONS_CELLS and (
+        name.startswith("Addons>") or str(node.get("registered_name")).startswith("Addons>")
+        or str(node.get("module", "")).startswith("tensorflow_addons")
+    ):
+        name = name.split(">")[-1]
+        node.update(class_name=name, module=__name__, registered_name=f"{PACKAGE}>{name}")
+    if isinstance(node.get("config"), dict) and "class_name" in node:
+        node["config"] = _without(node["config"], _KERAS2_ONLY_ARGUMENTS)
+    return node
+
+
+def _cannot_load(path, what, weights=None):
+    """The one-line error for a file Keras 3 can't load as a model; `weights`: where the
+    user's weights are to be found, when not in `path` itself."""
+    weights = weights or f"call model.load_weights({path!r}), which reads it"
+    return ValueError(
+        f"{path} is {what}, which Keras 3 can't load as a model: rebuild the model in "
+        f"Keras 3 code (keras_recnorm.addons' cells in place of tfa.rnn's) and {weights}; "
+        f"see {GUIDE}."
+    )
+
+
+def _zip_keras_version(path):
+    with zipfile.ZipFile(path) as archive:
+        if "metadata.json" not in archive.namelist():
+            return None
+        return str(json.loads(archive.read("metadata.json")).get("keras_version", ""))
+
+
+def load_model(filepath, custom_objects=None, compile=False):
+    """Loads a whole model saved with TensorFlow Addons' recurrent cells under Keras 2.
+
+    A Keras 2 `model.save("model.h5")` file is opened with `keras.saving.load_model` after
+    its stored architecture is translated (in a temporary copy; the file itself is not
+    changed): `tfa.rnn.LayerNormLSTMCell` and `tfa.rnn.LayerNormSimpleRNNCell` become this
+    module's cells (same weights, same arithmetic), and Keras 2-only arguments that Keras 3
+    rejects (`time_major`) are dropped. A Keras 3 `.keras` or `.h5` file is loaded as
+    `keras.saving.load_model` would, with this module's cells known.
+
+    Keras 3 can't read a Keras 2 `.keras` file or a SavedModel directory: for those, and
+    for a weights-only file, a `ValueError` says to rebuild the model in code and load the
+    weights (`model.load_weights` reads Keras 2's `.weights.h5`, `.h5` and `.keras`
+    files); docs/migrating_from_addons.md shows how.
+
+    Args:
+        filepath: path of a `.h5` (or `.hdf5`) file, or of a Keras 3 `.keras` file.
+        custom_objects: optional dict of the model's other custom classes and functions
+            by name, as for `keras.saving.load_model`.
+        compile: whether to compile the model from its saved training configuration
+            (default `False`: a Keras 2 optimizer's configuration and state may not carry
+            over; compile the loaded model yourself).
+
+    Returns:
+        The Keras 3 model, with the saved weights.
+
+    Example:
+
+    ```python
+    from keras_recnorm import addons
+
+    model = addons.load_model("trained_with_addons.h5")
+    model.predict(x)  # what the Addons model predicted under TF 2.15
+    ```
+    """
+    path = os.fspath(filepath)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No file or directory at `filepath` {path!r}.")
+    objects = {**_ADDONS_CELLS, **(custom_objects or {})}
+    if os.path.isdir(path):
+        raise _cannot_load(
+            path, "a directory (a TensorFlow SavedModel?)",
+            weights="load its weights saved under TF 2.15 with "
+            "model.save_weights('model.weights.h5')",
+        )
+    if zipfile.is_zipfile(path):
+        if _zip_keras_version(path).startswith("2."):
+            raise _cannot_load(path, "a Keras 2 `.keras` file")
+        return keras.saving.load_model(path, custom_objects=objects, compile=compile)
+
+    import h5py  # a dependency of Keras
+
+    if not h5py.is_hdf5(path):
+        raise ValueError(
+            f"{path} is neither an HDF5 (`.h5`) nor a `.keras` file; load_model reads "
+            f"whole models saved with `model.save`."
+        )
+    with h5py.File(path, "r") as stored:
+        if "model_config" not in stored.attrs:
+            raise _cannot_load(path, "a weights-only file")
+        config = stored.attrs["model_config"]
+    if isinstance(config, bytes):
+        config = config.decode("utf-8")
+    with tempfile.TemporaryDirectory() as workdir:
+        copy = os.path.join(workdir, "model.h5")
+        shutil.copyfile(path, copy)
+        with h5py.File(copy, "r+") as stored:
+            stored.attrs["model_config"] = json.dumps(_keras3_config(json.loads(config)))
+        return keras.saving.load_model(copy, custom_objects=objects, compile=compile)
