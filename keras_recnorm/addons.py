@@ -391,16 +391,19 @@ _ADDONS_CELLS = {"LayerNormLSTMCell": LayerNormLSTMCell,
                  "LayerNormSimpleRNNCell": LayerNormSimpleRNNCell}
 # What Keras 2 wrote into a layer's config and Keras 3's layers don't take.
 _KERAS2_ONLY_ARGUMENTS = ("time_major",)
+# The keys under which a layer's config holds other layers.
+_NESTED_LAYERS = ("cell", "cells", "layer", "backward_layer")
 
 
-def _keras3_config(node):
+def _keras3_config(node, key=None):
     """A Keras 2 model config made loadable by Keras 3: Addons' cells named as this module
-    registers them, and Keras 2-only layer arguments dropped."""
+    registers them, Keras 2-only layer arguments dropped, Keras 2's layout of a model's
+    single input and output made Keras 3's. `key`: the key `node` is stored under."""
     if isinstance(node, list):
-        return [_keras3_config(item) for item in node]
+        return [_keras3_config(item, key) for item in node]
     if not isinstance(node, dict):
         return node
-    node = {key: _keras3_config(value) for key, value in node.items()}
+    node = {inner: _keras3_config(value, inner) for inner, value in node.items()}
     name = node.get("class_name")
     if isinstance(name, str) and name.split(">")[-1] in _ADDONS_CELLS and (
         name.startswith("Addons>") or str(node.get("registered_name")).startswith("Addons>")
@@ -410,7 +413,21 @@ def _keras3_config(node):
         node.update(class_name=name, module=__name__, registered_name=f"{PACKAGE}>{name}")
     if isinstance(node.get("config"), dict) and "class_name" in node:
         node["config"] = _without(node["config"], _KERAS2_ONLY_ARGUMENTS)
+        # Keras 2 before 2.13 wrote no `module`; a layer nested in another (a cell in
+        # `RNN` or `StackedRNNCells`, the layer in `Bidirectional`) is then not found by
+        # Keras 3. (The model's own layers are read by Keras 3's Keras 2 loader.)
+        if "module" not in node and key in _NESTED_LAYERS and hasattr(keras.layers, name):
+            node["module"] = "keras.layers"
+    for ends in ("input_layers", "output_layers"):
+        # Keras 2 lists a one-input model's input as `[[name, 0, 0]]`; Keras 3 then
+        # expects a list of one tensor and warns at every call given the tensor itself.
+        if name is None and _one_entry(node.get(ends)):
+            node[ends] = node[ends][0]
     return node
+
+
+def _one_entry(entries):
+    return isinstance(entries, list) and len(entries) == 1 and isinstance(entries[0], list)
 
 
 def _cannot_load(path, what, weights=None):

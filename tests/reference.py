@@ -403,8 +403,8 @@ def bn_gru(weights, x, h0=None, step0=None, *, training, momentum=0.95, epsilon=
 # named as the compatible cells nest them: `kernel`, `recurrent_kernel`, `bias`, and
 # `<sublayer>/gamma`, `<sublayer>/beta` (`kernel_norm`, `recurrent_norm`, `state_norm`;
 # `layernorm/gamma` for the simple RNN). Written against an array module `xp`: NumPy by
-# default, `jax.numpy` where a test differentiates the reference (default activations are
-# then taken from `xp` too).
+# default, `tf.experimental.numpy` where a test differentiates the reference (the default
+# activations are then taken from `xp` too).
 
 
 def addons_layer_norm(a, gamma, beta=None, epsilon=1e-3, xp=np):
