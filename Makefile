@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed-$(shell (cat setup.cfg; echo "$(TORCH)") | cksum | c
 
 # The library's own tests: every cell and layer against the NumPy reference.
 LIBRARY_TESTS := tests/test_layer_norm.py tests/test_batch_norm.py tests/test_layers.py tests/test_normalization.py \
-	tests/test_degenerate_inputs.py tests/test_compat.py tests/test_errors.py
+	tests/test_degenerate_inputs.py tests/test_compat.py tests/test_errors.py tests/test_addons.py
 SECONDARY := -q -p no:cacheprovider
 
 .PHONY: test test-tensorflow test-jax test-torch test-oldest demo clean gpu-wheels
