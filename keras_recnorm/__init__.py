@@ -4,6 +4,8 @@ Layer normalization (Ba, Kiros & Hinton 2016) and recurrent batch normalization 
 per-time-step statistics (Cooijmans et al. 2016), as cells for `keras.layers.RNN`.
 """
 
+# Imported so that the Addons-compatible cells are registered for `.keras` loading.
+from keras_recnorm import addons  # noqa: F401
 from keras_recnorm.batch_norm import (
     BatchNormGRU,
     BatchNormGRUCell,

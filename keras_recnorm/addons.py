@@ -13,8 +13,8 @@ each with a gain *and* a shift, and carries the normalized cell state; the paper
 (docs/equations.md). Use these cells to keep trained weights; for new models use the
 paper-exact ones. Migration guide: docs/migrating_from_addons.md.
 
-The module registers its cells with Keras when imported: import it
-(`import keras_recnorm.addons`) before loading a `.keras` file that uses them.
+The module registers its cells with Keras when imported, which `import keras_recnorm`
+does: a `.keras` file that uses them loads with no extra code.
 
 Example:
 
