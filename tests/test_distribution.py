@@ -12,6 +12,7 @@ per-step batch statistics, each from the reference run on that replica's samples
 per step over the samples that reached it (Chan et al.), then one moving-average update.
 """
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -178,7 +179,7 @@ def _sequence_model(layer_class, **kwargs):
     return keras.Sequential([
         keras.Input((STEPS, FEATURES)),
         keras.layers.Masking(0.0),
-        layer_class(UNITS, max_timesteps=MAX_TIMESTEPS, momentum=MOMENTUM, name="rnn", **kwargs),
+        layer_class(UNITS, max_timesteps=MAX_TIMESTEPS, name="rnn", **{"momentum": MOMENTUM, **kwargs}),
         keras.layers.Dense(1),
     ])
 
@@ -333,6 +334,38 @@ def _check_layer_norm_layers_mirrored(strategy, x, y):
             )
 
 
+def _check_features_with_large_means(strategy):
+    """Two replicas equal one device on the same global batch (momentum 0: the stored
+    statistics are the batch's) for features offset by 1e3 and 1e6, 100 times their
+    spread, float32: the replicas' moments are combined as deviations, not as
+    `Σx² − n·mean²` (which was ~1e-3 off here, and all off at the issue's 1e3·spread)."""
+    import keras
+
+    from keras_recnorm import BatchNormLSTM
+    from tests.conftest import randomize_weights, set_weights_by_name
+
+    x, mask, y = data()
+    for offset in (1e3, 1e6):
+        shifted = np.where(mask[..., None], offset + (offset / 100) * x, 0.0).astype("float32")
+        for synchronized in (False, True):
+            statistics = []
+            for mirrored in (True, False):
+                keras.utils.set_random_seed(5)
+                with strategy.scope() if mirrored else contextlib.nullcontext():
+                    model = _sequence_model(BatchNormLSTM, momentum=0.0, synchronized=synchronized)
+                    model.compile(keras.optimizers.SGD(0.0), "mse")
+                cell = model.get_layer("rnn").cell
+                if mirrored:
+                    weights = randomize_weights(cell, np.random.default_rng(9))
+                else:
+                    set_weights_by_name(cell, weights)
+                model.fit(shifted, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+                statistics.append(_statistics(cell)[0])
+            for name in ("input_moving_mean", "input_moving_variance"):
+                got, want = statistics[0][name], statistics[1][name]
+                np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=f"{offset}: {name}")
+
+
 def worker_synchronized():
     strategy = _two_cpu_strategy()
     import keras
@@ -406,6 +439,8 @@ def worker_synchronized():
                                            err_msg=variable.path)
         else:  # per-replica input statistics: a different function, as documented
             assert np.abs(outputs - np.asarray(full)).max() > 1e-3
+
+    _check_features_with_large_means(strategy)
 
 
 def worker_jax_devices():
