@@ -55,17 +55,19 @@ def _feature_mean(x):
     return ops.matmul(x, ops.ones((width, 1), dtype=x.dtype)) * (1.0 / width)
 
 
-def _layer_standardized(x, epsilon, centered=False):
+def _layer_standardized(x, epsilon, centered=False, exact=False):
     """`(x̂, gain)` over the last axis, in float32 (float64 for float64 input): x̂ has
     the derivative of `layer_standardize_backward`, and `gain` (its factor: rstd, 0 for
-    a degenerate vector) is a residual, without gradient. `centered`: `x` has a zero mean
-    by construction, which is not subtracted again."""
+    a degenerate vector unless `exact`) is a residual, without gradient. `centered`: `x`
+    has a zero mean by construction, which is not subtracted again."""
     x32 = ops.cast(x, statistics_dtype(x))
     deviation = x32 if centered else x32 - _feature_mean(x32)
     variance = _feature_mean(ops.square(deviation))
     rstd = ops.rsqrt(variance + epsilon)
-    # mean(x̂²) = var/(var + ε) = var·rstd²: below DEGENERATE_POWER, x̂ is numerically 0.
-    gain = rstd * ops.cast(variance * ops.square(rstd) >= DEGENERATE_POWER, rstd.dtype)
+    gain = rstd
+    if not exact:
+        # mean(x̂²) = var/(var + ε) = var·rstd²: below DEGENERATE_POWER, x̂ is numerically 0.
+        gain = rstd * ops.cast(variance * ops.square(rstd) >= DEGENERATE_POWER, rstd.dtype)
     # The statistics' own derivative is part of layer_standardize_backward's formula.
     deviation, rstd, gain = (ops.stop_gradient(v) for v in (deviation, rstd, gain))
     return _STANDARDIZED_BY[centered](x32, deviation, rstd, gain), gain
@@ -306,29 +308,34 @@ def moving_average_update(moving_mean, moving_variance, moments, slots, momentum
 # to h and c at every step, so the exact gradient grows ~10⁴× per step into inf and NaN.
 # Where x̂'s mean square var/(var + ε) is below DEGENERATE_POWER (var below ~1e-6·ε:
 # x̂ is numerically zero, and ε, not the data, sets the normalization's gain), the LN
-# derivative is taken as 0: the normalized value is treated as a constant. Everywhere
-# else the derivative is the exact one. The choice and its reasons:
-# docs/degenerate_inputs.md.
+# derivative is taken as 0: the normalized value is treated as a constant. Only where
+# the derivative compounds along the recurrence (the LN of the recurrent term, of the
+# cell state, of a sum with the recurrent term): the LN of the input term alone passes
+# its derivative to x and the kernel once per step, bounded by γ/sqrt(ε), so it keeps
+# the exact one at every scale (`exact=True`) — small inputs (x of size 1e-6 has
+# var(x·kernel) far below ε) still learn. Everywhere else the derivative is the exact
+# one. The choice and its reasons: docs/degenerate_inputs.md.
 
 DEGENERATE_POWER = 1e-6
 
 
-def layer_standardize(x, epsilon, centered=False):
+def layer_standardize(x, epsilon, centered=False, exact=False):
     """Standardizes over the last axis; returns `(x̂, gain)` in the dtype of `x`, gain of
     shape `(..., 1)`: rstd, or 0 for a degenerate vector, the factor of
     `layer_standardize_backward`. The statistics are taken in float32 under half
     precision. Under autodiff x̂ has the derivative of `layer_standardize_backward`.
     `centered=True` where `x` has a zero mean by construction (a product with
     `centered_columns` weights): the mean is not subtracted, and the derivative is that
-    of `x·rstd`."""
-    x_hat, gain = _layer_standardized(x, epsilon, centered)
+    of `x·rstd`. `exact=True` where the derivative does not compound along a recurrence
+    (the input term): the gain is rstd for a degenerate vector too, the exact derivative."""
+    x_hat, gain = _layer_standardized(x, epsilon, centered, exact)
     return ops.cast(x_hat, x.dtype), ops.cast(gain, x.dtype)
 
 
 def layer_standardize_backward(d, x_hat, gain, centered=False):
     """∂L/∂x from `d = ∂L/∂x̂` for `layer_standardize`, `gain` being its second result:
     the exact derivative, and 0 for a degenerate vector (mean(x̂²) < DEGENERATE_POWER,
-    i.e. var < ~1e-6·ε; see above)."""
+    i.e. var < ~1e-6·ε; see above) standardized without `exact`."""
     projection = _feature_mean(d * x_hat)
     if not centered:
         d = d - _feature_mean(d)
