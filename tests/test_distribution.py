@@ -209,6 +209,8 @@ def worker_mirrored(tmp_dir):
     import keras
     import tensorflow as tf
 
+    keras.utils.set_random_seed(0)
+
     from keras_recnorm import BatchNormGRU, BatchNormLSTM, BatchNormLSTMCell
     from keras_recnorm import recompute_population_statistics
     from keras_recnorm.export import export_saved_model
@@ -253,12 +255,7 @@ def worker_mirrored(tmp_dir):
                                            atol=2e-5, err_msg=f"recompute {name}")
 
     # Training, save, load, export under the strategy.
-    with strategy.scope():
-        model = _sequence_model(BatchNormLSTM)
-        model.compile(keras.optimizers.Adam(0.05), "mse")
-    history = model.fit(x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0)
-    assert np.all(np.isfinite(history.history["loss"]))
-    assert history.history["loss"][-1] < history.history["loss"][0]
+    model = _check_training_step_mirrored(strategy, x, y)
     cell = model.get_layer("rnn").cell
     values, copies = _statistics(cell)
     for name in values:
@@ -294,6 +291,45 @@ def worker_mirrored(tmp_dir):
     model.predict(x, verbose=0)
 
     _check_layer_norm_layers_mirrored(strategy, x, y)
+
+
+def _check_training_step_mirrored(strategy, x, y):
+    """One SGD step of the global batch under two replicas moves every weight as the
+    replicas' computation does on one device: each half of the batch through the model
+    by itself (the loop normalizes with that half's statistics), the gradient of the mean
+    of the two halves' losses; the mirrored copies stay identical. Returns the trained
+    model."""
+    import keras
+    import tensorflow as tf
+
+    from keras_recnorm import BatchNormLSTM
+    from tests.conftest import randomize_weights
+
+    learning_rate = 0.5
+    with strategy.scope():
+        mirrored = _sequence_model(BatchNormLSTM)
+        mirrored.compile(keras.optimizers.SGD(learning_rate), "mse")
+    randomize_weights(mirrored.get_layer("rnn").cell, np.random.default_rng(13), scale=0.3)
+    one_device = _sequence_model(BatchNormLSTM)
+    one_device.set_weights(mirrored.get_weights())
+    history = mirrored.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+    halves = np.array_split(np.arange(BATCH), strategy.num_replicas_in_sync)
+    with tf.GradientTape() as tape:
+        losses = [tf.reduce_mean(tf.square(one_device(x[rows], training=True) - y[rows]))
+                  for rows in halves]
+        loss = tf.add_n(losses) / len(halves)
+    gradients = tape.gradient(loss, one_device.trainable_variables)
+    for got, variable, gradient in zip(mirrored.trainable_variables,
+                                       one_device.trainable_variables, gradients):
+        want = variable.numpy() - learning_rate * gradient.numpy()
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
+                                   err_msg=got.path)
+        copies = [np.asarray(v) for v in got.value.values]
+        assert len(copies) == 2, got.path
+        np.testing.assert_array_equal(copies[0], copies[1], err_msg=got.path)
+    return mirrored
 
 
 def _check_layer_norm_layers_mirrored(strategy, x, y):
@@ -370,6 +406,8 @@ def worker_synchronized():
     strategy = _two_cpu_strategy()
     import keras
     import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
 
     from keras_recnorm import BatchNormGRU, BatchNormLSTM
     from tests.conftest import randomize_weights
@@ -451,6 +489,7 @@ def worker_jax_devices():
     from tests import reference
     from tests.conftest import randomize_weights
 
+    keras.utils.set_random_seed(0)
     reference_run = {"lstm": reference.bn_lstm, "gru": reference.bn_gru}
     devices = jax.devices()
     assert len(devices) == 2, devices
