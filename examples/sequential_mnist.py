@@ -351,7 +351,7 @@ def train_cell(cell, data, args):
     train_model, model = build_models(cell, data.timesteps, data.num_classes, args)
     callbacks = [make_tracker(model)]
     if cell == "batch_norm_lstm" and args.population_statistics == "recompute":
-        # The statistics of training mode (noise in h0 included), on a fixed sample.
+        # Statistics of a fixed sample, gathered in inference mode (h0 = 0, as served).
         order = np.random.default_rng(args.seed).permutation(len(data.train))
         sample = data.train.x[order[: args.statistics_examples]]
         batches = [sample[i: i + args.batch_size] for i in range(0, len(sample), args.batch_size)]

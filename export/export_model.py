@@ -210,15 +210,20 @@ def main(argv=None):
                 "--litert: the model's time dimension is dynamic and a LiteRT file's is "
                 "fixed: pass --sequence-length T"
             )
+        try:
+            export._check_litert_dtypes(model)
+        except ValueError as error:
+            return fail(f"--litert: {one_line(error)}")
 
     # Export. All or nothing: the ONNX and LiteRT files are written aside first and moved
     # into place only once the SavedModel is in place too.
     verify = not args.no_verify
     side_files = {}  # final path -> (format, its path in a staging directory)
-    staging_dirs = []
+    staging_dirs, created_dirs = [], []
     for what, target in (("ONNX", args.onnx), ("LiteRT", args.litert)):
         if target is not None:
             final = os.path.abspath(target)
+            created_dirs += export._missing_directories(os.path.dirname(final))
             os.makedirs(os.path.dirname(final), exist_ok=True)
             staging_dirs.append(tempfile.mkdtemp(prefix=".partial-", dir=os.path.dirname(final)))
             side_files[final] = (what, os.path.join(staging_dirs[-1], os.path.basename(final)))
@@ -252,6 +257,12 @@ def main(argv=None):
     finally:
         for directory in staging_dirs:
             shutil.rmtree(directory, ignore_errors=True)
+        # Directories made for the side files, if the export left them empty.
+        for directory in sorted(created_dirs, key=len, reverse=True):  # deepest first
+            try:
+                os.rmdir(directory)
+            except OSError:  # it holds a file
+                pass
 
     shape = [-1 if d is None else d for d in spec.shape]
     report = [

@@ -13,6 +13,7 @@ Uses only TensorFlow: neither Keras nor keras_recnorm is imported.
 import argparse
 import base64
 import json
+import math
 import os
 import re
 import sys
@@ -160,7 +161,8 @@ def to_array(value, spec, where):
     if dtype.name == "string":
         value = _decode_strings(value)
     try:
-        array = np.array(value, dtype=object if dtype.name == "string" else dtype.as_numpy_dtype)
+        with np.errstate(over="ignore"):  # an overflow is refused below, in one line
+            array = np.array(value, dtype=object if dtype.name == "string" else dtype.as_numpy_dtype)
     except ValueError:
         raise BadRequest(
             f"{where} has rows of different lengths; pad them to one length "
@@ -168,6 +170,8 @@ def to_array(value, spec, where):
         )
     except OverflowError:
         raise BadRequest(f"{where} holds a number out of the range of {dtype.name}")
+    if dtype.is_floating and not np.isfinite(array).all():
+        _refuse_overflow(value, dtype, where)
     if array.ndim != len(spec.shape):
         raise BadRequest(
             f"input {spec.name!r} expects rank {len(spec.shape)} (shape "
@@ -181,6 +185,21 @@ def to_array(value, spec, where):
                 f"{_shape_text(spec.shape)}), got shape {list(array.shape)} in {where}"
             )
     return array
+
+
+def _refuse_overflow(value, dtype, where):
+    """A finite request number that the input dtype can't hold would be served as inf:
+    names the first one. (NaN and Infinity, which JSON parsers accept, pass as given.)"""
+    import numpy as np
+
+    for path, leaf in _leaves(value, where):
+        with np.errstate(over="ignore"):
+            overflows = math.isfinite(leaf) and not np.isfinite(np.asarray(leaf, dtype.as_numpy_dtype))
+        if overflows:
+            raise BadRequest(
+                f"{path} = {json.dumps(leaf)} is out of the range of {dtype.name} (at most "
+                f"{dtype.max:.7g} in magnitude); scale the input as the model was trained"
+            )
 
 
 def _decode_strings(value):

@@ -134,7 +134,10 @@ class BatchNormCell(GatedCell):
 
     def uses_batch_statistics(self, training):
         # As keras.layers.BatchNormalization: a frozen layer always runs in inference mode.
-        return bool(training) and self.trainable
+        # `recompute_population_statistics` runs the model in inference mode (dropout off,
+        # other layers as at inference) and has the cells gather batch statistics.
+        gathering = self.statistics_accumulator is not None
+        return (bool(training) or gathering) and self.trainable
 
     def normalize(self, term, raw, gamma, beta, slots, mask, training):
         """BN_t of a whole sequence `raw (B, T, F)`; returns it and, in training, the
@@ -996,20 +999,41 @@ class _MergedStatistics:
                 variable.assign(np.where(reached, value, old).astype("float32"))
 
 
+def _saved_variables(model):
+    """`[(variable, copy of its value)]` for every non-trainable variable of `model` and
+    every state of its stateful layers (Keras keeps those apart): what a pass over the
+    model could move besides the trainable weights. Copies: a torch variable is assigned
+    in place."""
+    variables = list(model.non_trainable_variables)
+    for layer in model._flatten_layers():
+        if getattr(layer, "stateful", False) and getattr(layer, "states", None) is not None:
+            variables += keras.tree.flatten(layer.states)
+    unique = {id(v): v for v in variables if isinstance(v, keras.Variable)}
+    return [(v, np.array(ops.convert_to_numpy(v), copy=True)) for v in unique.values()]
+
+
 def recompute_population_statistics(model, dataset, steps=None, verbose=1):
     """Sets every batch-normalized cell's population statistics to the statistics of all
     the samples of `dataset`.
 
     The paper's alternative to moving averages (Cooijmans et al. 2016, sec. 4): run the
-    model in training mode over `steps` batches and set each slot's population mean and
-    variance to those of every sample that reached that step, in every batch: each batch's
-    `(count, mean, M2)` per step is merged per slot (`merge_moments`, count-weighted), so a
-    slot that one sample per batch reaches gets the variance across those samples. Slots
-    come from each cell's own step counter (whatever layers come before it); slots no
-    batch reached keep their statistics. Nothing is written until every batch has run:
-    an exception (even `KeyboardInterrupt`) leaves the previous statistics as they were.
-    Trainable weights are left untouched; dropout is active while the statistics are
-    gathered, as at training time. Shows a progress bar.
+    model over `steps` batches and set each slot's population mean and variance to those
+    of every sample that reached that step, in every batch: each batch's `(count, mean,
+    M2)` per step is merged per slot (`merge_moments`, count-weighted), so a slot that one
+    sample per batch reaches gets the variance across those samples. Slots come from each
+    cell's own step counter (whatever layers come before it); slots no batch reached keep
+    their statistics. Shows a progress bar.
+
+    The model runs in inference mode, as it will be used with these statistics: dropout
+    is off, and every other layer computes as at inference (a
+    `keras.layers.BatchNormalization` with its own moving statistics, which it does not
+    move); only the batch-normalized cells normalize with each batch's statistics, to
+    gather them. A stateful layer starts from its current states and carries them from
+    batch to batch, as `fit` would. Only the cells' population statistics change: every
+    other non-trainable variable (other layers' statistics, dropout seeds) and every
+    stateful layer's states are restored afterwards, and nothing is written until every
+    batch has run: an exception (even `KeyboardInterrupt`) leaves the model exactly as
+    it was.
 
     Runs eagerly, so it works with cells in `keras.layers.RNN` on TensorFlow and with the
     whole-sequence layers on every backend. A cell inside `keras.layers.RNN` never sees the
@@ -1045,6 +1069,7 @@ def recompute_population_statistics(model, dataset, steps=None, verbose=1):
     if steps is not None:
         check_positive_int("steps", steps)
     merged = _MergedStatistics()
+    saved = _saved_variables(model)
     for cell in cells:
         cell.statistics_accumulator = merged
     progress = keras.utils.Progbar(steps, unit_name="batch", verbose=verbose)
@@ -1054,13 +1079,16 @@ def recompute_population_statistics(model, dataset, steps=None, verbose=1):
             if steps is not None and used >= steps:
                 break
             inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(inputs, training=True)
+            # Inference mode; the cells gather batch statistics (`uses_batch_statistics`).
+            model(inputs, training=False)
             merged.end_batch()
             used += 1
             progress.update(used)
     finally:
         for cell in cells:
             cell.statistics_accumulator = None
+        for variable, value in saved:
+            variable.assign(value)
     if used == 0:
         raise ValueError("recompute_population_statistics: `dataset` gave no batch.")
     merged.write()

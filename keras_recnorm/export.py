@@ -192,6 +192,7 @@ def _staged_file(path, suffix):
     """Yields a new file beside `path` to write and check; it becomes `path` only if the
     block succeeds, and is removed otherwise: no half-written file at `path`, ever."""
     parent = os.path.dirname(path)
+    created = _missing_directories(parent)
     os.makedirs(parent, exist_ok=True)
     handle, staging = tempfile.mkstemp(
         prefix=f".{os.path.basename(path)}.partial-", suffix=suffix, dir=parent
@@ -203,7 +204,19 @@ def _staged_file(path, suffix):
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(staging)
+        for directory in created:  # deepest first; only if still empty
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
         raise
+
+
+def _missing_directories(directory):
+    """The directories that `os.makedirs(directory)` would create, deepest first."""
+    missing = []
+    while directory and not os.path.exists(directory):
+        missing.append(directory)
+        directory = os.path.dirname(directory)
+    return missing
 
 
 # ----------------------------------------------------------------------------- versions
@@ -793,6 +806,23 @@ def run_litert(interpreter, batch):
     return {name: np.asarray(value) for name, value in runner(**{INPUT_NAME: batch}).items()}
 
 
+def _check_litert_dtypes(model):
+    """The LiteRT converter fails on the float64, float16 and bfloat16 layers of a model
+    (a dump of 10⁵ characters that names no dtype): one line naming the layer instead,
+    before anything is converted or written. The input may be of another dtype (the
+    first layer casts it)."""
+    for layer in model._flatten_layers(include_self=False):
+        dtype = keras.backend.standardize_dtype(layer.compute_dtype)
+        if isinstance(layer, keras.layers.InputLayer) or "float" not in dtype or dtype == "float32":
+            continue
+        raise ValueError(
+            f"export_litert exports float32 models only (LiteRT's built-in operators fail "
+            f"on {dtype} ones); layer {layer.name!r} computes in {dtype} (dtype policy "
+            f"{layer.dtype_policy.name}): build the model again in float32 (dtype='float32' "
+            "or the float32 policy), copy the weights with set_weights, and export that copy."
+        )
+
+
 def export_litert(
     model, path, *, batch_size=1, sequence_length=None, overwrite=False, verify=True, probe=None
 ):
@@ -811,8 +841,11 @@ def export_litert(
     ids after it, and tokenize on the device.
 
     Args:
-        model: a built Keras model with one input (TensorFlow backend).
-        path: the `.tflite` file to write (parent directories are created).
+        model: a built Keras model with one input (TensorFlow backend), computing in
+            float32 (a float64 or mixed-precision model is refused before conversion;
+            the input itself may be of another dtype).
+        path: the `.tflite` file to write (parent directories are created, and removed
+            again if the export fails).
         batch_size: the fixed batch size of the file's input.
         sequence_length: the fixed number of time steps; default the model's own, which
             must then be declared (`keras.Input((T, ...))`).
@@ -834,6 +867,7 @@ def export_litert(
     tf = _tf()
     check_positive_int("batch_size", batch_size)
     x = _model_input(model)
+    _check_litert_dtypes(model)
     dtype = keras.backend.standardize_dtype(x.dtype)
     if dtype == "string":
         raise ValueError(

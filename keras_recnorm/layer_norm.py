@@ -4,12 +4,12 @@ The statistics are taken over the units of one layer for one sample, so they are
 same at training and inference and need no batch. Equations: DESIGN.md.
 
 Degenerate inputs: every LN here differentiates through `keras_recnorm.normalization`,
-whose one rule gives the exact derivative, except that a normalized vector with a
-numerically zero variance (an all-zero input step; the zero state that a zero sequence
-keeps from h₀ = 0) passes no gradient back through its normalization. The exact
-derivative there, γ/√ε per LN and step, overflows to NaN along a run of zero steps.
-The forward pass is DESIGN.md's everywhere. Why and what to expect:
-docs/degenerate_inputs.md.
+whose one rule gives the exact derivative, except that a recurrent or cell term with a
+numerically zero variance (the zero state that a zero sequence keeps from h₀ = 0) passes
+no gradient back through its normalization. The exact derivative there, γ/√ε per LN and
+step, overflows to NaN along a run of zero steps. The input term's LN, whose derivative
+does not compound, is exact at every scale. The forward pass is DESIGN.md's everywhere.
+Why and what to expect: docs/degenerate_inputs.md.
 """
 
 import functools
@@ -48,9 +48,11 @@ _SHARED_ARGS_DOC = """
         dropout: fraction of the input units to drop, in [0, 1). One mask per sequence.
         recurrent_dropout: fraction of the recurrent state's units to drop, in [0, 1).
         epsilon: added to the variance inside the square root (default 1e-5). In the
-            backward pass a normalized vector whose variance is below ~1e-6·epsilon
-            (e.g. all-zero input steps) is treated as a constant: its normalization
-            passes no gradient (docs/degenerate_inputs.md).
+            backward pass a normalized term that feeds the recurrence (recurrent, cell,
+            or the LN-SimpleRNN's sum) whose variance is below ~1e-6·epsilon (e.g. the
+            zero state of an all-zero sequence) is treated as a constant: its
+            normalization passes no gradient. The LN-LSTM's and LN-GRU's input terms
+            keep their exact derivative at every scale (docs/degenerate_inputs.md).
         seed: random seed of the dropout masks.
 """
 
@@ -140,7 +142,7 @@ class LayerNormLSTMCell(GatedCell):
         whether the kernels are (`step_weights`)."""
         c = states[1]
         kernel, input_gamma, recurrent_kernel, recurrent_gamma, cell_gamma, cell_beta = weights[:6]
-        input_hat, input_gain = layer_standardize(ops.matmul(x, kernel), self.epsilon, centered)
+        input_hat, input_gain = layer_standardize(ops.matmul(x, kernel), self.epsilon, centered, exact=True)
         recurrent_hat, recurrent_gain = layer_standardize(
             ops.matmul(h, recurrent_kernel), self.epsilon, centered
         )
@@ -269,14 +271,14 @@ class LayerNormGRUCell(GatedCell):
         )
         return weights + (self.bias,) if self.use_bias else weights
 
-    def _standardize_blocks(self, projection, centered=True):
+    def _standardize_blocks(self, projection, centered=True, exact=False):
         """LN of the (z, r) block and of the candidate block, separately, of a product
         with kernels centered per block: `(gate_hat, gate_gain, candidate_hat,
-        candidate_gain)` (`layer_standardize`)."""
+        candidate_gain)` (`layer_standardize`; `exact` for the input term)."""
         units2 = 2 * self.units
         return layer_standardize(
-            projection[..., :units2], self.epsilon, centered
-        ) + layer_standardize(projection[..., units2:], self.epsilon, centered)
+            projection[..., :units2], self.epsilon, centered, exact
+        ) + layer_standardize(projection[..., units2:], self.epsilon, centered, exact)
 
     @staticmethod
     def _blocks_backward(d, standardized, gate_gamma, candidate_gamma):
@@ -308,7 +310,7 @@ class LayerNormGRUCell(GatedCell):
         `centered`: whether the kernels are (`step_weights`)."""
         kernel, input_gate_gamma, input_candidate_gamma = weights[:3]
         recurrent_kernel, recurrent_gate_gamma, recurrent_candidate_gamma = weights[3:6]
-        x_std = self._standardize_blocks(ops.matmul(x, kernel), centered)
+        x_std = self._standardize_blocks(ops.matmul(x, kernel), centered, exact=True)
         h_std = self._standardize_blocks(ops.matmul(h_in, recurrent_kernel), centered)
         input_term = ops.concatenate([input_gate_gamma * x_std[0], input_candidate_gamma * x_std[2]], -1)
         if self.use_bias:

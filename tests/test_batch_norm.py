@@ -1233,3 +1233,91 @@ def test_recompute_population_statistics_keeps_the_old_statistics_on_failure(err
             np.testing.assert_array_equal(value, values[name], err_msg=name)
     # And the model is back to moving averages.
     assert layer.cell.statistics_accumulator is None and rnn.cell.statistics_accumulator is None
+
+
+# -- recompute_population_statistics touches nothing but the population statistics -------
+
+
+def all_values(model):
+    """Every variable of `model` and every state of its stateful layers, by path."""
+    values = {v.path: to_numpy(v) for v in model.variables}
+    for layer in model._flatten_layers():
+        if getattr(layer, "stateful", False):
+            for index, state in enumerate(layer.states):
+                values[f"{layer.name}/state_{index}"] = to_numpy(state)
+    return values
+
+
+def test_recompute_population_statistics_runs_the_model_in_inference_mode(rng):
+    """A Keras BatchNormalization before and after the layer, dropout before it and in
+    it: the cell's statistics are those of its inputs at inference (the first
+    BatchNormalization with its moving statistics, no dropout), and nothing else moves."""
+    inputs = keras.Input((None, D))
+    front = keras.layers.BatchNormalization()(inputs)
+    layer = BatchNormLSTM(U, max_timesteps=T_MAX, dropout=0.4, recurrent_dropout=0.4,
+                          return_sequences=True)
+    hidden = layer(keras.layers.Dropout(0.5)(front))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.BatchNormalization()(hidden)))
+    weights = randomize_weights(layer, rng)
+    for norm in (model.layers[1], model.layers[4]):
+        norm.moving_mean.assign(rng.normal(0, 1, norm.moving_mean.shape))
+        norm.moving_variance.assign(rng.uniform(0.5, 2, norm.moving_variance.shape))
+    before = all_values(model)
+    batches = [rng.normal(1.0, 2.0, (B, length, D)).astype("float32") for length in (6, 3)]
+    recompute_population_statistics(model, batches, verbose=0)
+    normalized = keras.Model(inputs, front)
+    expected = exact_averages("lstm", weights, [to_numpy(normalized(x)) for x in batches])
+    assert_moving_close(layer, expected)
+    moving = {v.path for v in layer.non_trainable_variables}
+    for path, value in all_values(model).items():
+        if path not in moving:
+            np.testing.assert_array_equal(value, before[path], err_msg=path)
+
+
+def stateful_model(rng):
+    """A stateful BatchNormLSTM (8 slots) and a stateful keras LSTM, after a 3-step batch."""
+    model = keras.Sequential([
+        keras.Input((None, D), batch_size=B),
+        BatchNormLSTM(U, max_timesteps=8, stateful=True, return_sequences=True),
+        keras.layers.LSTM(U, stateful=True),
+        keras.layers.BatchNormalization(),
+        keras.layers.Dense(1),
+    ])
+    randomize_weights(model.layers[0], rng)
+    model(rng.normal(0, 1, (B, 3, D)).astype("float32"))
+    return model
+
+
+def test_recompute_population_statistics_restores_stateful_states(rng):
+    """The pass continues from the states (counter 3: slots 3..6 for two 2-step batches),
+    and the states are as before afterwards: the next call continues the user's sequence."""
+    model = stateful_model(rng)
+    before = all_values(model)
+    moving_before = moving_statistics(model.layers[0])
+    batches = [rng.normal(0, 1, (B, 2, D)).astype("float32") for _ in range(2)]
+    recompute_population_statistics(model, batches, verbose=0)
+    moving = {v.path for v in model.layers[0].non_trainable_variables}
+    for path, value in all_values(model).items():
+        if path not in moving:
+            np.testing.assert_array_equal(value, before[path], err_msg=path)
+    for name, value in moving_statistics(model.layers[0]).items():
+        np.testing.assert_array_equal(value[[0, 1, 2, 7]], moving_before[name][[0, 1, 2, 7]])
+        assert (value[3:7] != moving_before[name][3:7]).all(), name
+
+
+@pytest.mark.parametrize("error", [OSError, KeyboardInterrupt])
+def test_recompute_population_statistics_failing_midway_changes_nothing(error, rng):
+    """The data source fails on its second batch: every variable and state is as before."""
+    model = stateful_model(rng)
+    before = all_values(model)
+
+    def batches():
+        yield rng.normal(0, 1, (B, 4, D)).astype("float32")
+        raise error("batch 2 could not be read")
+
+    with pytest.raises(error):
+        recompute_population_statistics(model, batches(), verbose=0)
+    after = all_values(model)
+    assert set(after) == set(before)
+    for path, value in after.items():
+        np.testing.assert_array_equal(value, before[path], err_msg=path)

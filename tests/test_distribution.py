@@ -12,6 +12,7 @@ per-step batch statistics, each from the reference run on that replica's samples
 per step over the samples that reached it (Chan et al.), then one moving-average update.
 """
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -178,7 +179,7 @@ def _sequence_model(layer_class, **kwargs):
     return keras.Sequential([
         keras.Input((STEPS, FEATURES)),
         keras.layers.Masking(0.0),
-        layer_class(UNITS, max_timesteps=MAX_TIMESTEPS, momentum=MOMENTUM, name="rnn", **kwargs),
+        layer_class(UNITS, max_timesteps=MAX_TIMESTEPS, name="rnn", **{"momentum": MOMENTUM, **kwargs}),
         keras.layers.Dense(1),
     ])
 
@@ -207,6 +208,8 @@ def worker_mirrored(tmp_dir):
     strategy = _two_cpu_strategy()
     import keras
     import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
 
     from keras_recnorm import BatchNormGRU, BatchNormLSTM, BatchNormLSTMCell
     from keras_recnorm import recompute_population_statistics
@@ -252,12 +255,7 @@ def worker_mirrored(tmp_dir):
                                            atol=2e-5, err_msg=f"recompute {name}")
 
     # Training, save, load, export under the strategy.
-    with strategy.scope():
-        model = _sequence_model(BatchNormLSTM)
-        model.compile(keras.optimizers.Adam(0.05), "mse")
-    history = model.fit(x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0)
-    assert np.all(np.isfinite(history.history["loss"]))
-    assert history.history["loss"][-1] < history.history["loss"][0]
+    model = _check_training_step_mirrored(strategy, x, y)
     cell = model.get_layer("rnn").cell
     values, copies = _statistics(cell)
     for name in values:
@@ -293,6 +291,45 @@ def worker_mirrored(tmp_dir):
     model.predict(x, verbose=0)
 
     _check_layer_norm_layers_mirrored(strategy, x, y)
+
+
+def _check_training_step_mirrored(strategy, x, y):
+    """One SGD step of the global batch under two replicas moves every weight as the
+    replicas' computation does on one device: each half of the batch through the model
+    by itself (the loop normalizes with that half's statistics), the gradient of the mean
+    of the two halves' losses; the mirrored copies stay identical. Returns the trained
+    model."""
+    import keras
+    import tensorflow as tf
+
+    from keras_recnorm import BatchNormLSTM
+    from tests.conftest import randomize_weights
+
+    learning_rate = 0.5
+    with strategy.scope():
+        mirrored = _sequence_model(BatchNormLSTM)
+        mirrored.compile(keras.optimizers.SGD(learning_rate), "mse")
+    randomize_weights(mirrored.get_layer("rnn").cell, np.random.default_rng(13), scale=0.3)
+    one_device = _sequence_model(BatchNormLSTM)
+    one_device.set_weights(mirrored.get_weights())
+    history = mirrored.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+    halves = np.array_split(np.arange(BATCH), strategy.num_replicas_in_sync)
+    with tf.GradientTape() as tape:
+        losses = [tf.reduce_mean(tf.square(one_device(x[rows], training=True) - y[rows]))
+                  for rows in halves]
+        loss = tf.add_n(losses) / len(halves)
+    gradients = tape.gradient(loss, one_device.trainable_variables)
+    for got, variable, gradient in zip(mirrored.trainable_variables,
+                                       one_device.trainable_variables, gradients):
+        want = variable.numpy() - learning_rate * gradient.numpy()
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
+                                   err_msg=got.path)
+        copies = [np.asarray(v) for v in got.value.values]
+        assert len(copies) == 2, got.path
+        np.testing.assert_array_equal(copies[0], copies[1], err_msg=got.path)
+    return mirrored
 
 
 def _check_layer_norm_layers_mirrored(strategy, x, y):
@@ -333,10 +370,44 @@ def _check_layer_norm_layers_mirrored(strategy, x, y):
             )
 
 
+def _check_features_with_large_means(strategy):
+    """Two replicas equal one device on the same global batch (momentum 0: the stored
+    statistics are the batch's) for features offset by 1e3 and 1e6, 100 times their
+    spread, float32: the replicas' moments are combined as deviations, not as
+    `Σx² − n·mean²` (which was ~1e-3 off here, and all off at the issue's 1e3·spread)."""
+    import keras
+
+    from keras_recnorm import BatchNormLSTM
+    from tests.conftest import randomize_weights, set_weights_by_name
+
+    x, mask, y = data()
+    for offset in (1e3, 1e6):
+        shifted = np.where(mask[..., None], offset + (offset / 100) * x, 0.0).astype("float32")
+        for synchronized in (False, True):
+            statistics = []
+            for mirrored in (True, False):
+                keras.utils.set_random_seed(5)
+                with strategy.scope() if mirrored else contextlib.nullcontext():
+                    model = _sequence_model(BatchNormLSTM, momentum=0.0, synchronized=synchronized)
+                    model.compile(keras.optimizers.SGD(0.0), "mse")
+                cell = model.get_layer("rnn").cell
+                if mirrored:
+                    weights = randomize_weights(cell, np.random.default_rng(9))
+                else:
+                    set_weights_by_name(cell, weights)
+                model.fit(shifted, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+                statistics.append(_statistics(cell)[0])
+            for name in ("input_moving_mean", "input_moving_variance"):
+                got, want = statistics[0][name], statistics[1][name]
+                np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=f"{offset}: {name}")
+
+
 def worker_synchronized():
     strategy = _two_cpu_strategy()
     import keras
     import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
 
     from keras_recnorm import BatchNormGRU, BatchNormLSTM
     from tests.conftest import randomize_weights
@@ -407,6 +478,8 @@ def worker_synchronized():
         else:  # per-replica input statistics: a different function, as documented
             assert np.abs(outputs - np.asarray(full)).max() > 1e-3
 
+    _check_features_with_large_means(strategy)
+
 
 def worker_jax_devices():
     import jax
@@ -416,6 +489,7 @@ def worker_jax_devices():
     from tests import reference
     from tests.conftest import randomize_weights
 
+    keras.utils.set_random_seed(0)
     reference_run = {"lstm": reference.bn_lstm, "gru": reference.bn_gru}
     devices = jax.devices()
     assert len(devices) == 2, devices

@@ -637,3 +637,81 @@ def test_litert_disagreement_raises_and_leaves_nothing(ids_model, tmp_path, monk
         export.export_litert(ids_model, tmp_path / "m.tflite", sequence_length=4)
     assert list(tmp_path.iterdir()) == []
 
+
+
+# ------------------------------------------------- dtypes LiteRT can't take, out-of-range requests
+
+
+def float_model(dtype=None):
+    """Float inputs (B, T, 3) -> LayerNormLSTM -> Dense, in `dtype` (a dtype or policy)."""
+    inputs = keras.Input((6, 3))
+    hidden = keras_recnorm.LayerNormLSTM(UNITS, dtype=dtype)(inputs)
+    return keras.Model(inputs, keras.layers.Dense(1, dtype=dtype)(hidden))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "mixed_float16", "mixed_bfloat16"])
+def test_litert_refuses_dtypes_it_cannot_take_in_one_line(tmp_path, dtype):
+    """Before the converter runs (whose error is a dump of 10⁵ characters that never says
+    the dtype), and leaving nothing on disk, not even the new parent directory."""
+    compute = {"float64": "float64", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
+    with pytest.raises(ValueError) as raised:
+        export.export_litert(float_model(dtype), tmp_path / "new" / "m.tflite")
+    message = str(raised.value)
+    assert "\n" not in message and len(message) < 400, message
+    assert f"computes in {compute[dtype]}" in message and "layer_norm_lstm" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_litert_export_removes_the_directories_it_made(ids_model, tmp_path, monkeypatch):
+    real = export.run_litert
+    monkeypatch.setattr(
+        export, "run_litert", lambda *a: {k: v + 1e-3 for k, v in real(*a).items()}
+    )
+    with pytest.raises(export.ExportVerificationError):
+        export.export_litert(ids_model, tmp_path / "a" / "b" / "m.tflite", sequence_length=4)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_model_script_refuses_a_float64_model_for_litert(tmp_path):
+    float_model("float64").save(tmp_path / "model.keras")
+    result = run_script(EXPORT_MODEL, tmp_path / "model.keras", tmp_path / "serving",
+                        "--litert", tmp_path / "lite" / "m.tflite")
+    assert result.returncode == 2 and result.stdout == ""
+    lines = stderr_lines(result)
+    assert len(lines) == 1 and "--litert" in lines[0] and "float64" in lines[0], lines
+    assert sorted(os.listdir(tmp_path)) == ["model.keras"]
+
+
+@pytest.fixture(scope="module")
+def float_export(tmp_path_factory):
+    return export.export_saved_model(float_model(), tmp_path_factory.mktemp("float"), verify=False)
+
+
+def test_predict_refuses_numbers_beyond_the_input_dtype(float_export, predict_module, capsys):
+    """1e40 would become inf in float32 (NumPy only warns) and be served."""
+    rows = np.zeros((1, 6, 3)).tolist()
+    rows[0][2][1] = 1e40
+    code = predict_module.main([float_export, "--json", json.dumps({"instances": rows})])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "instances[0][2][1] = 1e+40 is out of the range of float32" in lines[0]
+    rows[0][2][1] = 3e38  # within range: answered
+    assert predict_module.main([float_export, "--json", json.dumps({"instances": rows})]) == 0
+    assert "predictions" in json.loads(capsys.readouterr().out)
+
+
+def test_export_model_script_failing_litert_export_leaves_no_directory(ids_model, tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("export_model_script", EXPORT_MODEL)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    ids_model.save(tmp_path / "model.keras")
+    real = export.run_litert
+    monkeypatch.setattr(
+        export, "run_litert", lambda *a: {k: v + 1e-3 for k, v in real(*a).items()}
+    )
+    code = script.main([str(tmp_path / "model.keras"), str(tmp_path / "serving"), "--litert",
+                        str(tmp_path / "lite" / "new" / "m.tflite"), "--sequence-length", "4"])
+    assert code == 1
+    assert sorted(os.listdir(tmp_path)) == ["model.keras"]
