@@ -159,8 +159,15 @@ class StreamingRecurrence(keras.layers.Layer):
         self.supports_masking = True
 
     def build(self, chunk_shape, states_shape=None):
-        # The layer builds on its first call, inside `call`.
+        if not self.layer.built:
+            self.layer.build(chunk_shape)
         self.built = True
+
+    def compute_output_spec(self, chunk, states, mask=None, training=None):
+        # From shapes, without tracing the loop: the next states are shaped as the states.
+        output_shape = self.layer.compute_output_shape(tuple(chunk.shape))[0]
+        outputs = keras.KerasTensor(output_shape, dtype=self.layer.compute_dtype)
+        return [outputs, *(keras.KerasTensor(s.shape, dtype=s.dtype) for s in states)]
 
     def state_names(self):
         cells = _cells(self.layer.cell)
@@ -182,12 +189,10 @@ class StreamingRecurrence(keras.layers.Layer):
                 # (under mixed_bfloat16 a counter of 257 would become 256); an integer
                 # passes as it is, and the layer reads its counter as float32.
                 own[-1] = ops.cast(own[-1], "int32")
-            grouped.append(own if isinstance(cell.state_size, (list, tuple)) else own[0])
+            grouped.append(own)  # a list per cell, as cells' `get_initial_state` give them
             start += count
-        if isinstance(self.layer.cell, keras.layers.StackedRNNCells):
-            initial_state = grouped
-        else:
-            initial_state = grouped[0] if isinstance(grouped[0], list) else grouped
+        stacked = isinstance(self.layer.cell, keras.layers.StackedRNNCells)
+        initial_state = grouped if stacked else grouped[0]
         result = self.layer(chunk, initial_state=initial_state, mask=mask, training=training)
         outputs, next_states = result[0], keras.tree.flatten(list(result[1:]))
 
@@ -341,6 +346,7 @@ class _Builder:
 
     def build(self):
         model = self.model
+        self.check_readable(model)
         inputs = _single(model, "inputs")
         outputs = _single(model, "outputs")
         del outputs
@@ -379,17 +385,20 @@ class _Builder:
             copy.set_weights(layer.get_weights())
         return streaming
 
-    def run(self, model, x):
-        if isinstance(model, keras.Sequential):
-            for layer in model.layers:
-                x = self.call(layer, x)
-            return x
-        if not compat.is_functional(model):
+    def check_readable(self, model):
+        if not (isinstance(model, keras.Sequential) or compat.is_functional(model)):
             raise ValueError(
                 f"Cannot stream model {model.name!r}: a subclassed model "
                 f"({type(model).__name__}) doesn't show its layers' order; build it "
                 "with the functional API or keras.Sequential."
             )
+
+    def run(self, model, x):
+        self.check_readable(model)
+        if isinstance(model, keras.Sequential):
+            for layer in model.layers:
+                x = self.call(layer, x)
+            return x
         _single(model, "inputs")
         return compat.run_through_graph(model, [x], self.call)
 
@@ -431,14 +440,16 @@ class _Builder:
                 "takes the model's raw strings: streaming starts after a TextVectorization "
                 "layer, from token ids",
             )
-        if layer.output_mode != "int":
+        output_mode = layer.get_config()["output_mode"]
+        if output_mode != "int":
             self.refuse(
                 layer,
-                f"has output_mode={layer.output_mode!r}: no sequence of token ids to stream "
+                f"has output_mode={output_mode!r}: no sequence of token ids to stream "
                 "(output_mode='int' gives one)",
             )
         if self.chunk is None:
-            self.chunk = keras.Input(shape=(None,), dtype=layer.compute_dtype, name=CHUNK_NAME)
+            dtype = layer.compute_output_spec(self.raw_strings).dtype  # int64
+            self.chunk = keras.Input(shape=(None,), dtype=dtype, name=CHUNK_NAME)
             self.timed.add(id(self.chunk))
         return self.chunk
 
@@ -449,7 +460,7 @@ class _Builder:
             axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
             if all(a is not None and a % rank != 1 for a in axes):
                 return
-            self.refuse(layer, f"acts along axis {layer.axis}, which takes in the time axis (1)")
+            self.refuse(layer, f"acts along axis {layer.axis}, which includes the time axis (1)")
         if type(layer).__name__ == "Lambda":
             self.refuse(
                 layer,
