@@ -6,6 +6,13 @@ kind of the cell table (`keras_recnorm.kinds.KINDS`) is covered, so a new kind i
 here as soon as it is in the table.
 """
 
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -334,3 +341,159 @@ def test_text_model_streams_from_token_ids():
                                                                 vocabulary=["a"])(sentences))
     with pytest.raises(ValueError, match="has output_mode='multi_hot': no sequence of token ids"):
         to_streaming(bag)
+
+
+# -------------------------------------------------------------------------------- export
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPORT_MODEL, PREDICT = ROOT / "export" / "export_model.py", ROOT / "export" / "predict.py"
+needs_tensorflow = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="export needs the TensorFlow backend"
+)
+
+
+def run_script(script, *args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def export_kinds():
+    """A BN kind as a cell in keras.layers.RNN and an LN kind as its whole-sequence layer:
+    both families, both containers, a counter past T_MAX."""
+    bn = next(k for k in KINDS if k.batch_norm)
+    ln = next(k for k in KINDS if not k.batch_norm and k.layer is not None)
+    return bn, ln
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A token-id model, saved, exported by `export_model.py --streaming` (SavedModel checked
+    in a fresh process, LiteRT for one step of a batch of 4 checked in the interpreter)."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("export needs the TensorFlow backend")
+    bn, ln = export_kinds()
+    ids = keras.Input((None,), dtype="int32")
+    x = keras.layers.Embedding(VOCABULARY, 3, mask_zero=True)(ids)
+    x = recurrent(bn, return_sequences=True)(x)
+    x = ln.layer(UNITS, return_sequences=True)(x)
+    model = keras.Model(ids, keras.layers.Dense(2)(x))
+    randomize(model, seed=10)
+    directory = tmp_path_factory.mktemp("streaming_export")
+    model.save(directory / "model.keras")
+    result = run_script(EXPORT_MODEL, directory / "model.keras", directory / "serving",
+                        "--streaming", "--litert", directory / "step.tflite", "--batch-size", 4)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "checked in a fresh process" in result.stdout
+    assert "checked in the LiteRT interpreter" in result.stdout
+    return {"model": model, "saved_model": directory / "serving" / "1",
+            "litert": directory / "step.tflite", "directory": directory}
+
+
+@needs_tensorflow
+def test_saved_model_signature_names_states_and_streams(exported):
+    import tensorflow as tf
+
+    model = exported["model"]
+    layout = to_streaming(model).state_layout
+    names = [f"state_{i}" for i in range(len(layout))]
+    signature = tf.saved_model.load(str(exported["saved_model"])).signatures["serving_default"]
+    inputs = signature.structured_input_signature[1]
+    assert sorted(inputs) == sorted(["inputs", *names])
+    assert sorted(signature.structured_outputs) == sorted(["outputs", *names])
+    assert inputs["inputs"].shape.as_list() == [None, None]  # batch, chunk length
+    assert [inputs[n].shape.as_list() for n in names] == [[None, s.size] for s in layout]
+    x = padded_ids(seed=11)
+    states = {n: tf.zeros((len(x), s.size), s.dtype) for n, s in zip(names, layout)}
+    pieces, start = [], 0
+    for length in SPLITS["uneven"]:
+        result = signature(inputs=tf.constant(x[:, start : start + length]), **states)
+        pieces.append(result["outputs"].numpy())
+        states = {n: result[n] for n in names}
+        start += length
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), model.predict(x, verbose=0),
+                               atol=1e-5, rtol=1e-5)
+
+
+@needs_tensorflow
+def test_litert_file_steps_one_at_a_time_with_built_in_ops_only(exported):
+    from keras_recnorm import export
+
+    interpreter = export.litert_interpreter(model_path=str(exported["litert"]))
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert "FULLY_CONNECTED" in ops
+    assert not [op for op in ops if op.startswith("Flex") or "CUSTOM" in op or "TensorList" in op]
+    runner = interpreter.get_signature_runner("serve")
+    details = runner.get_input_details()
+    assert list(details["inputs"]["shape"]) == [4, 1]
+    x = padded_ids(seed=12)
+    states = {name: np.zeros(d["shape"], d["dtype"]) for name, d in details.items() if name != "inputs"}
+    pieces = []
+    for t in range(x.shape[1]):
+        result = export.run_litert(interpreter, {"inputs": x[:, t : t + 1], **states})
+        pieces.append(result.pop("outputs"))
+        states = result
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1),
+                               exported["model"].predict(x, verbose=0), atol=1e-5, rtol=1e-5)
+
+
+@needs_tensorflow
+def test_verification_compares_the_states_from_mid_sequence():
+    """What the fresh process and the interpreter are checked on: a second chunk that starts
+    from the states the first one left, and every state compared."""
+    from keras_recnorm import export
+
+    bn, _ = export_kinds()
+    streaming = to_streaming(keras.Sequential([keras.Input((None, 2)), recurrent(bn)]))
+    specs = export.streaming_input_specs(streaming)
+    first, second = export._streaming_probes(None, streaming, specs)
+    names = ["inputs"] + [f"state_{i}" for i in range(len(specs) - 1)]
+    assert list(first) == names and not any(first[n].any() for n in names[1:])
+    assert second["state_2"].min() == first["inputs"].shape[1]  # the counter after chunk 1
+    expected = export._reference_outputs(streaming, second)
+    assert list(expected) == ["outputs"] + names[1:]
+
+
+@needs_tensorflow
+def test_predict_script_streams_a_request_chunk_by_chunk(exported, tmp_path, capsys):
+    from keras_recnorm import export
+
+    spec = importlib.util.spec_from_file_location("export_predict_streaming", PREDICT)
+    predict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(predict)
+    x = padded_ids(seed=13)
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"inputs": x.tolist()}))
+    assert predict.main([str(exported["saved_model"]), "--file", str(request),
+                         "--chunk-length", "2"]) == 0
+    answer = json.loads(capsys.readouterr().out)["outputs"]
+    np.testing.assert_allclose(np.array(answer["outputs"]),
+                               exported["model"].predict(x, verbose=0), atol=1e-5, rtol=1e-5)
+    assert answer["state_2"] == [[float(n)] for n in (x != 0).sum(axis=1)]  # the counters
+
+    plain = export.export_saved_model(exported["model"], tmp_path / "plain", verify=False)
+    for target, body, message in [
+        (exported["saved_model"], {"instances": ["a film"]}, "takes token ids, not text"),
+        (plain, {"instances": x.tolist()}, "--chunk-length needs a streaming export"),
+    ]:
+        code = predict.main([str(target), "--json", json.dumps(body), "--chunk-length", "1"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+@needs_tensorflow
+def test_export_refuses_what_a_streaming_model_cannot_be(tmp_path):
+    from keras_recnorm import export
+
+    bn, _ = export_kinds()
+    streaming = to_streaming(keras.Sequential([keras.Input((None, 2)), recurrent(bn)]))
+    with pytest.raises(ValueError, match="export_onnx doesn't take a streaming model"):
+        export.export_onnx(streaming, tmp_path / "m.onnx")
+    (tmp_path / "m.keras").write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip archive
+    result = run_script(EXPORT_MODEL, tmp_path / "m.keras", tmp_path / "out", "--streaming",
+                        "--onnx", tmp_path / "m.onnx")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1
+    assert "--onnx: a streaming model can't be exported to ONNX" in lines[0]
+    for script, option in [(EXPORT_MODEL, "--streaming"), (PREDICT, "--chunk-length")]:
+        assert option in run_script(script, "--help").stdout
