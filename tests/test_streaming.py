@@ -497,3 +497,21 @@ def test_export_refuses_what_a_streaming_model_cannot_be(tmp_path):
     assert "--onnx: a streaming model can't be exported to ONNX" in lines[0]
     for script, option in [(EXPORT_MODEL, "--streaming"), (PREDICT, "--chunk-length")]:
         assert option in run_script(script, "--help").stdout
+
+
+# ------------------------------------------------------------------------------ example
+
+
+@needs_tensorflow
+def test_streaming_example_runs_with_tiny_settings(tmp_path):
+    from tests.conftest import run_example
+
+    argv = ["--sequences", 8, "--length", 6, "--epochs", 1, "--units", 4, "--batch-size", 4,
+            "--stream-length", 9, "--output-dir", tmp_path / "run"]
+    stdout = run_example("streaming.py", argv, "tensorflow", cwd=tmp_path)
+    assert "per-step latency: median" in stdout and "p99" in stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 9 and metrics["max_abs_difference"] < 1e-5
+    assert metrics["latency_ms_median"] <= metrics["latency_ms_p99"]
+    assert (tmp_path / "run" / "streaming.png").stat().st_size > 0
+    assert (tmp_path / "run" / "streaming.tflite").stat().st_size > 0
