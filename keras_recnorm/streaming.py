@@ -67,7 +67,7 @@ CHUNK_NAME = "inputs"
 OUTPUT_NAME = "outputs"
 STATE_PREFIX = "state_"
 
-__all__ = ["to_streaming", "initial_states", "StreamingModel", "StateSpec"]
+__all__ = ["to_streaming", "initial_states", "is_streaming", "StreamingModel", "StateSpec"]
 
 
 class StateSpec(NamedTuple):
@@ -348,8 +348,7 @@ class _Builder:
         model = self.model
         self.check_readable(model)
         inputs = _single(model, "inputs")
-        outputs = _single(model, "outputs")
-        del outputs
+        _single(model, "outputs")
         dtype = keras.backend.standardize_dtype(inputs.dtype)
         if dtype == "string":
             # TextVectorization turns it into token ids; the stream starts there.

@@ -131,15 +131,17 @@ def test_last_output_after_each_chunk_is_the_output_for_the_sequence_so_far(k):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=f"after {end} steps")
 
 
-def test_sequential_float_features_and_keras_layers():
-    """A Sequential model on float features, Keras's own GRU beside ours, per-step layers;
-    the streaming model's inputs, states and layout."""
+def test_sequential_float_features_nested_model_and_keras_layers(tmp_path):
+    """A Sequential model on float features with a nested Sequential block, Keras's own GRU
+    beside ours, per-step layers; the streaming model's inputs, states and layout, and its
+    .keras file."""
     k = KINDS[0]
+    block = keras.Sequential([keras.layers.Dense(3, activation="relu"),
+                              keras.layers.GRU(2, return_sequences=True)])
     model = keras.Sequential(
         [
             keras.Input((None, 2)),
-            keras.layers.Dense(3, activation="relu"),
-            keras.layers.GRU(2, return_sequences=True),
+            block,
             recurrent(k, return_sequences=True),
             keras.layers.TimeDistributed(keras.layers.Dense(2)),
         ]
@@ -151,14 +153,18 @@ def test_sequential_float_features_and_keras_layers():
         f"state_{i}" for i in range(len(streaming.inputs) - 1)
     ]
     layout = streaming.state_layout
-    assert [(s.index, s.layer, s.name) for s in layout[:2]] == [(0, model.layers[1].name, "h"),
-                                                               (1, model.layers[2].name, "h")]
+    assert [(s.index, s.layer, s.name) for s in layout[:2]] == [(0, block.layers[1].name, "h"),
+                                                               (1, model.layers[1].name, "h")]
     x = np.random.default_rng(5).normal(size=(2, 6, 2)).astype("float32")
     outputs, _ = stream(streaming, x, [1, 4, 1])
     want = model.predict(x, verbose=0)
     np.testing.assert_allclose(np.concatenate(outputs, axis=1), want, atol=1e-5, rtol=1e-5)
+    streaming.save(tmp_path / "streaming.keras")
+    loaded = keras.saving.load_model(tmp_path / "streaming.keras")
+    assert loaded.state_layout == layout
+    np.testing.assert_allclose(stream(loaded, x, [6])[0][0], want, atol=1e-5, rtol=1e-5)
     # The copy is taken once: retraining the model leaves the streaming model as it was.
-    model.layers[0].kernel.assign(model.layers[0].kernel * 2.0)
+    block.layers[0].kernel.assign(block.layers[0].kernel * 2.0)
     again, _ = stream(streaming, x, [6])
     np.testing.assert_allclose(again[0], want, atol=1e-5, rtol=1e-5)
 
