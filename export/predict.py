@@ -345,8 +345,9 @@ def stream_request(signature, specs, request, request_format, chunk_length):
     given = request["instances"][0] if request_format == "instances" else request["inputs"]
     with_states = isinstance(given, dict) and not _is_b64(given) and STATE_PREFIX + "0" in given
     wanted = specs if with_states else {"inputs": specs["inputs"]}
+    sequences = given.get("inputs") if with_states else given
     if specs["inputs"].dtype.is_integer and any(
-        isinstance(leaf, str) for _, leaf in _leaves(given.get("inputs") if with_states else given, "")
+        isinstance(leaf, str) for _, leaf in _leaves(sequences, "")
     ):
         raise BadRequest(
             "a streaming export takes token ids, not text (its model starts after "

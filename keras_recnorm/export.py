@@ -567,7 +567,9 @@ def export_saved_model(
     and renamed to `<version>` only once complete (and verified); any failure removes it.
 
     Args:
-        model: a built Keras model with one input (TensorFlow backend).
+        model: a built Keras model with one input (TensorFlow backend), or a streaming
+            model (`keras_recnorm.streaming.to_streaming`), whose signature also takes and
+            returns the states (module docstring).
         base_dir: the model's directory (created if missing); one subdirectory per version.
         version: positive integer; `None` (default) means one more than the largest integer
             version already in `base_dir` (1 if none).
@@ -580,7 +582,9 @@ def export_saved_model(
         probe: optional probe input for `verify`: one batch (an array, or nested lists
             such as a list of sentences), or a list of arrays, one per batch. By default,
             two batches are made from the model's input spec (and its `TextVectorization`
-            vocabulary, or its `Embedding` size).
+            vocabulary, or its `Embedding` size). A streaming model's batch is
+            `[chunk, *states]`; by default two chunks, the second from the states the
+            first leaves.
 
     Returns:
         The absolute path of the version directory, a `str`.
@@ -593,8 +597,8 @@ def export_saved_model(
     ```
     """
     _require_tensorflow_backend("export_saved_model")
-    if not streaming.is_streaming(model):
-        spec = serving_input_spec(model)
+    streamed = streaming.is_streaming(model)
+    specs = streaming_input_specs(model) if streamed else [serving_input_spec(model)]
     base_dir = os.path.abspath(os.fspath(base_dir))
     if os.path.exists(base_dir) and not os.path.isdir(base_dir):
         raise NotADirectoryError(f"`base_dir` {base_dir} exists and is not a directory.")
@@ -604,13 +608,12 @@ def export_saved_model(
         raise FileExistsError(
             f"Version directory {target} already exists; pass overwrite=True to replace it."
         )
-    if streaming.is_streaming(model):
-        specs = streaming_input_specs(model)
+    if streamed:
         probes = _streaming_probes(probe, model, specs) if verify else None
         serve = _streaming_serving_function(model, specs)
     else:
-        probes = _as_probe_list(probe, model, spec) if verify else None
-        serve = _serving_function(model, spec)
+        probes = _as_probe_list(probe, model, specs[0]) if verify else None
+        serve = _serving_function(model, specs[0])
 
     created_base = not os.path.exists(base_dir)
     os.makedirs(base_dir, exist_ok=True)
@@ -843,7 +846,10 @@ def export_litert(
         path: the `.tflite` file to write (parent directories are created).
         batch_size: the fixed batch size of the file's input.
         sequence_length: the fixed number of time steps; default the model's own, which
-            must then be declared (`keras.Input((T, ...))`).
+            must then be declared (`keras.Input((T, ...))`). For a streaming model
+            (`keras_recnorm.streaming.to_streaming`), the chunk length, default 1: the file
+            takes `"inputs"` `(batch_size, sequence_length, ...)` and the states, and returns
+            `"outputs"` and the next states (module docstring).
         overwrite: replace an existing file. Default `False` raises `FileExistsError`.
         verify: run the file in the LiteRT interpreter on a probe batch and compare with
             `model.predict` (1e-5); raises `ExportVerificationError` on disagreement.
@@ -1036,8 +1042,8 @@ def _export_streaming_litert(model, path, batch_size, sequence_length, overwrite
     1) and the states in, the outputs and the next states out."""
     tf = _tf()
     check_positive_int("batch_size", batch_size)
-    length = 1 if sequence_length is None else check_positive_int("sequence_length", sequence_length)
-    specs = streaming_input_specs(model, batch_size, length)
+    length = 1 if sequence_length is None else sequence_length
+    specs = streaming_input_specs(model, batch_size, check_positive_int("sequence_length", length))
     path = _target_file(path, overwrite)
     if verify:
         if probe is None:
@@ -1049,7 +1055,8 @@ def _export_streaming_litert(model, path, batch_size, sequence_length, overwrite
 
     with _staged_file(path, ".tflite") as staging:
         copy = _unrolled_copy(model, {spec.name: spec.shape.as_list() for spec in specs})
-        content = _convert_to_litert(copy, None, tf, serve=_streaming_serving_function(copy, specs))
+        serve = _streaming_serving_function(copy, specs)
+        content = _convert_to_litert(copy, None, tf, serve=serve)
         with open(staging, "wb") as f:
             f.write(content)
         if verify:

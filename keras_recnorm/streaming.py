@@ -402,17 +402,20 @@ class _Builder:
         return compat.run_through_graph(model, [x], self.call)
 
     def call(self, layer, *args, **kwargs):
-        tensors = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
-        if self.raw_strings is not None and any(t is self.raw_strings for t in tensors):
-            return self.tokenized(layer)
+        flat = keras.tree.flatten((args, kwargs))
+        tensors = [t for t in flat if isinstance(t, keras.KerasTensor)]
         if isinstance(layer, keras.Model):
             if len(args) != 1 or len(tensors) != 1:
                 self.refuse(layer, "is a model called with several inputs")
             return self.run(layer, args[0])
+        if self.raw_strings is not None and any(t is self.raw_strings for t in tensors):
+            return self.tokenized(layer)
         timed = [id(t) in self.timed for t in tensors]
         if not any(timed):
             # One vector per sample (after return_sequences=False): anything goes.
-            return self.copy(layer)(*args, **kwargs) if isinstance(layer, keras.layers.Layer) else layer(*args, **kwargs)
+            if isinstance(layer, keras.layers.Layer):
+                layer = self.copy(layer)
+            return layer(*args, **kwargs)
         if not all(timed):
             self.refuse(
                 layer,
@@ -500,7 +503,9 @@ class _Builder:
         name = self.unique(layer.name)
         copy = self.copy(layer, name=layer.name, return_state=True, stateful=False, unroll=False)
         first = len(self.state_inputs)
-        wrapper = StreamingRecurrence(copy, first_state=first, name=name, dtype=layer.variable_dtype)
+        wrapper = StreamingRecurrence(
+            copy, first_state=first, name=name, dtype=layer.variable_dtype
+        )
         dtype = layer.compute_dtype
         for cell in _cells(layer.cell):
             counter = len(_state_sizes(cell)) - 1 if _is_batch_norm_cell(cell) else None

@@ -257,7 +257,8 @@ def _time_mixing_models():
                                   keras.layers.Flatten(name="flat")),
          "layer 'flat' (Flatten) flattens the time axis into the features"),
         ("normalization_over_time", lambda: chain(
-            fixed(), _lstm(return_sequences=True), keras.layers.LayerNormalization(axis=1, name="ln")),
+            fixed(), _lstm(return_sequences=True),
+            keras.layers.LayerNormalization(axis=1, name="ln")),
          "layer 'ln' (LayerNormalization) acts along axis [1], which includes the time axis"),
         ("lambda", lambda: chain(seq(), keras.layers.Lambda(lambda t: t * 2, name="double"),
                                  _lstm()),
@@ -433,7 +434,7 @@ def test_litert_file_steps_one_at_a_time_with_built_in_ops_only(exported):
     details = runner.get_input_details()
     assert list(details["inputs"]["shape"]) == [4, 1]
     x = padded_ids(seed=12)
-    states = {name: np.zeros(d["shape"], d["dtype"]) for name, d in details.items() if name != "inputs"}
+    states = {n: np.zeros(d["shape"], d["dtype"]) for n, d in details.items() if n != "inputs"}
     pieces = []
     for t in range(x.shape[1]):
         result = export.run_litert(interpreter, {"inputs": x[:, t : t + 1], **states})
