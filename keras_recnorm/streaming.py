@@ -56,7 +56,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_recnorm import compat
+from keras_recnorm import addons, compat
 from keras_recnorm.base import check_positive_int
 from keras_recnorm.kinds import KINDS
 
@@ -110,9 +110,9 @@ def _state_names(cell):
         if isinstance(cell, k.cell):
             names = ["h", "c"] if k.recurrence == "lstm" else ["h"]
             return names + (["step"] if k.batch_norm else [])
-    if isinstance(cell, keras.layers.LSTMCell):
+    if isinstance(cell, (keras.layers.LSTMCell, addons.LayerNormLSTMCell)):
         return ["h", "c"]
-    if isinstance(cell, (keras.layers.GRUCell, keras.layers.SimpleRNNCell)):
+    if isinstance(cell, (keras.layers.GRUCell, keras.layers.SimpleRNNCell, addons.LayerNormSimpleRNNCell)):
         return ["h"]
     return None
 
