@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One short, prepared GPU run: our four layers against cuDNN keras.layers.LSTM / GRU
+# One short, prepared GPU run: our layers against cuDNN keras.layers.LSTM / GRU (their twins)
 # (TensorFlow picks cuDNN for the Keras layers with their default arguments on a GPU),
 # training and inference, the three standard shapes, each model at its faster jit_compile.
 # About 5 minutes on one GPU (mostly compiling); the table goes to stdout.

@@ -1,5 +1,5 @@
 """Training- and inference-step throughput of our recurrent layers, each as a ratio to its
-Keras twin (`keras.layers.LSTM` or `keras.layers.GRU`) measured in the same process.
+Keras twin (`keras.layers.LSTM`, `keras.layers.GRU`, ...) measured in the same process.
 
 Absolute times on a shared machine drift by 2x from minute to minute, so every candidate
 is timed alternating with its twin, step by step, on the same data, and the median of the
@@ -15,6 +15,9 @@ of those FLOPs takes here: the fraction of the machine's matmul speed the step r
 The machine (CPU model, cores, accelerators) and the library versions are printed first:
 ratios depend on the machine, so keep them beside any figure.
 
+The layers and their twins come from the table of cell kinds (`keras_recnorm.kinds.KINDS`):
+a new kind with a whole-sequence layer is measured without an edit here.
+
 Usage:
     python benchmarks/throughput.py                      # every layer, the three shapes
     python benchmarks/throughput.py --backend jax        # the same on JAX
@@ -24,6 +27,7 @@ Usage:
 """
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -33,39 +37,50 @@ import time
 STANDARD_SHAPES = [(64, 100, 128, 256), (32, 200, 64, 128), (128, 50, 256, 512)]
 QUICK_SHAPE = (4, 5, 3, 8)
 
-# Candidate name -> its Keras twin (the baseline its ratio is taken to).
-TWINS = {
-    "keras.layers.LSTM": "keras.layers.LSTM",
-    "LayerNormLSTM": "keras.layers.LSTM",
-    "BatchNormLSTM": "keras.layers.LSTM",
-    "RNN(LayerNormLSTMCell)": "keras.layers.LSTM",
-    "hand-written LN cell": "keras.layers.LSTM",
-    "keras.layers.GRU": "keras.layers.GRU",
-    "LayerNormGRU": "keras.layers.GRU",
-    "BatchNormGRU": "keras.layers.GRU",
-}
-# Measured unless --only says otherwise: our four layers (and their twins).
-DEFAULT = ["LayerNormLSTM", "BatchNormLSTM", "LayerNormGRU", "BatchNormGRU"]
 BACKENDS = ["tensorflow", "jax", "torch"]
+# Candidates beyond the table's layers, with their twin: the LN-LSTM cell in Keras's loop,
+# and an LN-LSTM cell as commonly written by hand.
+EXTRA_LSTM_CANDIDATES = ["RNN(LayerNormLSTMCell)", "hand-written LN cell"]
+# Width of the pre-activations per unit: the gates of each recurrence.
+GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
+
+
+def layer_kinds():
+    """`{layer class name: kind}` of every kind with a whole-sequence layer (imports Keras:
+    call after choosing the backend)."""
+    from keras_recnorm.kinds import KINDS
+
+    return {kind.layer.__name__: kind for kind in KINDS if kind.layer is not None}
+
+
+@functools.lru_cache(maxsize=None)
+def twins():
+    """`{candidate: (its Keras twin, its recurrence)}`, grouped by twin: each twin (the
+    baseline its group's ratios are taken to), then our layers of it in the table's order
+    (imports Keras: call after choosing the backend)."""
+    groups = {}
+    for name, kind in layer_kinds().items():
+        twin = f"keras.layers.{kind.keras_twin}"
+        groups.setdefault(twin, [(twin, kind.recurrence)]).append((name, kind.recurrence))
+    groups["keras.layers.LSTM"] += [(extra, "lstm") for extra in EXTRA_LSTM_CANDIDATES]
+    return {name: (twin, recurrence)
+            for twin, group in groups.items() for name, recurrence in group}
 
 
 def make_layer(name, units, steps):
     """A fresh layer of candidate `name` (imports Keras: call after choosing the backend)."""
     import keras
 
-    import keras_recnorm as rn
+    if name.startswith("keras.layers."):
+        return getattr(keras.layers, name.rpartition(".")[2])(units)
+    if name == "RNN(LayerNormLSTMCell)":
+        from keras_recnorm import LayerNormLSTMCell
 
-    factories = {
-        "keras.layers.LSTM": lambda: keras.layers.LSTM(units),
-        "LayerNormLSTM": lambda: rn.LayerNormLSTM(units),
-        "BatchNormLSTM": lambda: rn.BatchNormLSTM(units, max_timesteps=steps),
-        "RNN(LayerNormLSTMCell)": lambda: keras.layers.RNN(rn.LayerNormLSTMCell(units)),
-        "hand-written LN cell": lambda: keras.layers.RNN(hand_written_ln_lstm_cell(units)),
-        "keras.layers.GRU": lambda: keras.layers.GRU(units),
-        "LayerNormGRU": lambda: rn.LayerNormGRU(units),
-        "BatchNormGRU": lambda: rn.BatchNormGRU(units, max_timesteps=steps),
-    }
-    return factories[name]()
+        return keras.layers.RNN(LayerNormLSTMCell(units))
+    if name == "hand-written LN cell":
+        return keras.layers.RNN(hand_written_ln_lstm_cell(units))
+    kind = layer_kinds()[name]
+    return kind.layer(units, max_timesteps=steps) if kind.batch_norm else kind.layer(units)
 
 
 def hand_written_ln_lstm_cell(units):
@@ -170,9 +185,10 @@ def alternating_ratios(candidate, baseline, method, repeats):
 
 def matmul_flops(name, shape, training):
     """FLOPs of the recurrent layer's matmuls in one step: x·W and h·R at every time step
-    (4U wide for an LSTM, 3U for a GRU); training adds two of each in the backward pass."""
+    (4U wide for an LSTM, 3U for a GRU, U for a simple RNN); training adds two of each in
+    the backward pass."""
     batch, steps, features, units = shape
-    gates = 3 if "GRU" in name else 4
+    gates = GATES[twins()[name][1]]
     forward = 2 * batch * steps * (features + units) * gates * units
     return 3 * forward if training else forward
 
@@ -203,7 +219,7 @@ def benchmark_shape(shape, names, repeats, trials, jit_settings, methods=("train
     baseline_times = {}
     rows = []
     for name in names:
-        twin = TWINS[name]
+        twin, _ = twins()[name]
         if twin not in baselines:
             baselines[twin] = best_runner(twin, shape, trials, jit_settings, methods)
         baseline = baselines[twin]
@@ -305,7 +321,24 @@ def positive_int(text):
     return value
 
 
+def choose_backend(argv):
+    """Sets KERAS_BACKEND from `--backend` before Keras is first imported (the table of
+    kinds, which names the candidates, imports it); an invalid value is left for the
+    parser to report."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--backend")
+    backend = early.parse_known_args(argv)[0].backend
+    backend = backend or os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend in BACKENDS:
+        os.environ["KERAS_BACKEND"] = backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
 def parse_args(argv):
+    choose_backend(argv)
+    candidates = twins()
+    # Measured unless --only says otherwise: our layers (and their twins).
+    default = [name for name in candidates if name in layer_kinds()]
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
@@ -328,10 +361,10 @@ def parse_args(argv):
     parser.add_argument(
         "--only",
         action="append",
-        choices=list(TWINS),
+        choices=list(candidates),
         metavar="LAYER",
         help=f"measure only this candidate (repeatable; its Keras twin is always timed). "
-        f"Default: {', '.join(DEFAULT)}. Choices: {', '.join(TWINS)}",
+        f"Default: {', '.join(default)}. Choices: {', '.join(candidates)}",
     )
     parser.add_argument(
         "--repeats",
@@ -371,13 +404,13 @@ def parse_args(argv):
         args.shape = args.shape or [QUICK_SHAPE]
         args.repeats = args.repeats or 2
         args.trials = args.trials or 1
-        args.only = args.only or [n for n in TWINS if TWINS[n] != n]
+        args.only = args.only or [n for n, (twin, _) in candidates.items() if twin != n]
         if args.jit_compile == "best" and args.backend == "tensorflow":
             args.jit_compile = "off"
     args.shape = args.shape or STANDARD_SHAPES
     args.repeats = args.repeats or 30
     args.trials = args.trials or 5
-    args.only = args.only or DEFAULT
+    args.only = args.only or default
     best = {"tensorflow": (True, False), "jax": (True,), "torch": (False,)}[args.backend]
     args.jit_settings = {"best": best, "on": (True,), "off": (False,)}[args.jit_compile]
     args.methods = {"both": ("train", "infer"), "train": ("train",), "infer": ("infer",)}[args.mode]
@@ -386,13 +419,11 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    os.environ["KERAS_BACKEND"] = args.backend  # before Keras is first imported
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     describe_machine(args.backend)
     # Each twin first, then the candidates compared to it.
     names = []
     for name in args.only:
-        names += [n for n in (TWINS[name], name) if n not in names]
+        names += [n for n in (twins()[name][0], name) if n not in names]
     for shape in args.shape:
         rows = benchmark_shape(shape, names, args.repeats, args.trials, args.jit_settings, args.methods)
         print_table(shape, rows)
