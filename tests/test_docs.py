@@ -63,19 +63,30 @@ def test_site_builds_in_strict_mode_with_every_public_name(tmp_path):
         assert f'id="keras_recnorm.{name}"' in api, name
 
 
-def load_hooks():
+def docs_module(name):
+    """`docs/api/<name>.py`, the site's hooks or griffe extension."""
     needs_docs_extra()
-    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "api" / "hooks.py")
-    hooks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hooks)
-    return hooks
+    spec = importlib.util.spec_from_file_location(f"docs_{name}", ROOT / "docs" / "api" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flush_left_doctests_render_as_code():
+    """Else Markdown reads them as quotes, and an output such as `[1]` as a link (which
+    fails the strict build). Indented ones (a section's) and fenced ones are left alone."""
+    text = ("Example:\n\n>>> [1, 2][:1]\n[1]\n\nThen:\n\n    >>> 2\n    2\n\n"
+            "```python\n>>> 3\n```\n>>> 4")
+    assert docs_module("doctests").fence_doctests(text) == (
+        "Example:\n\n```pycon\n>>> [1, 2][:1]\n[1]\n```\n\nThen:\n\n    >>> 2\n    2\n\n"
+        "```python\n>>> 3\n```\n```pycon\n>>> 4\n```")
 
 
 def test_public_name_without_a_docstring_is_found(tmp_path):
     """What fails the strict build: a public class or function whose docstring is missing or
     empty, in a module with `__all__` and in one without (read from the source, nothing
     imported)."""
-    hooks = load_hooks()
+    hooks = docs_module("hooks")
     package = tmp_path / "documented"
     package.mkdir()
     (package / "__init__.py").write_text(textwrap.dedent('''\
