@@ -55,7 +55,6 @@ TWINS = {
     "BatchNormGRU": "keras.layers.GRU",
 }
 # Measured unless --only says otherwise: our four layers (and their twins).
-DEFAULT = ["LayerNormLSTM", "BatchNormLSTM", "LayerNormGRU", "BatchNormGRU"]
 BACKENDS = ["tensorflow", "jax", "torch"]
 
 
@@ -495,10 +494,9 @@ def parse_args(argv):
     parser.add_argument(
         "--only",
         action="append",
-        choices=list(TWINS),
         metavar="LAYER",
         help=f"measure only this candidate (repeatable; its Keras twin is always timed). "
-        f"Default: {', '.join(DEFAULT)}. Choices: {', '.join(TWINS)}",
+        f"Default: every layer of keras_recnorm.kinds.KINDS. Choices: those, and {', '.join(TWINS)}",
     )
     parser.add_argument(
         "--repeats",
@@ -569,19 +567,18 @@ def parse_args(argv):
         "backends) and exit; measures nothing",
     )
     args = parser.parse_args(argv)
+    args.every_candidate = args.quick  # with no --only: the extra LSTM candidates too
     if args.shape:
         args.shape = [shape for group in args.shape for shape in group]
     if args.quick:
         args.shape = args.shape or [QUICK_SHAPE]
         args.repeats = args.repeats or 2
         args.trials = args.trials or 1
-        args.only = args.only or [n for n in TWINS if TWINS[n] != n]
         if args.jit_compile == "best" and args.backend == "tensorflow":
             args.jit_compile = "off"
     args.shape = args.shape or STANDARD_SHAPES
     args.repeats = args.repeats or 30
     args.trials = args.trials or 5
-    args.only = args.only or DEFAULT
     best = {"tensorflow": (True, False), "jax": (True,), "torch": (False,)}[args.backend]
     args.jit_settings = {"best": best, "on": (True,), "off": (False,)}[args.jit_compile]
     args.methods = {"both": ("train", "infer"), "train": ("train",), "infer": ("infer",)}[args.mode]
@@ -650,7 +647,15 @@ def main(argv=None):
     append_record(args.results, {"record": "machine", **machine})
     # Each twin first, then the candidates compared to it.
     names = []
-    for name in kind_layers() if args.kinds else args.only:
+    layers = kind_layers()  # also makes each a candidate against its twin
+    if args.kinds:
+        args.only = layers
+    elif not args.only:
+        args.only = [n for n in TWINS if TWINS[n] != n] if args.every_candidate else layers
+    unknown = sorted(set(args.only) - set(TWINS))
+    if unknown:
+        sys.exit(f"throughput.py: unknown --only {', '.join(unknown)}; choices: {', '.join(TWINS)}.")
+    for name in args.only:
         names += [n for n in (TWINS[name], name) if n not in names]
     for shape in args.shape:
         print(f"{args.backend}: B,T,D,U = {shape}", file=sys.stderr, flush=True)

@@ -19,6 +19,9 @@ and returns `(outputs (B, T, U), final_states)`; the batch-normalized cells (`bn
 `bn_gru`) also take `training` and return the updated population statistics.
 
 Gate order along the pre-activations is Keras's: i, f, g, o (LSTM) and z, r, h (GRU).
+
+Tests take the function of a kind of cell (a row of `keras_recnorm.kinds.KINDS`) from
+`for_kind(kind)`, and the states it carries from `STATES`.
 """
 
 import numpy as np
@@ -480,3 +483,32 @@ def addons_ln_simple_rnn(weights, x, h0=None, *, epsilon=1e-5, activation=None, 
         return h_new, [h_new]
 
     return _addons_loop(step, x, states, mask, zero_output_for_mask, xp)
+
+
+# -- dispatch from a kind of cell --------------------------------------------------------
+
+# The states each recurrence carries, in Keras's order (the BN cells add the step counter).
+STATES = {"lstm": ("h", "c"), "gru": ("h",), "simple_rnn": ("h",)}
+
+REFERENCES = {
+    ("layer_norm", "lstm"): ln_lstm,
+    ("layer_norm", "gru"): ln_gru,
+    ("layer_norm", "simple_rnn"): ln_simple_rnn,
+    ("batch_norm", "lstm"): bn_lstm,
+    ("batch_norm", "gru"): bn_gru,
+}
+
+
+def for_kind(kind):
+    """The reference function of `kind`: anything with `family` and `recurrence`, such as a
+    row of `keras_recnorm.kinds.KINDS` (read by attribute: nothing here imports the package).
+
+    Raises LookupError for a kind without one, so that a new kind's tests fail until its
+    reference is written, rather than pass or skip."""
+    try:
+        return REFERENCES[kind.family, kind.recurrence]
+    except KeyError:
+        raise LookupError(
+            f"tests/reference.py has no reference for {getattr(kind, 'name', kind)} "
+            f"({kind.family}, {kind.recurrence}): write one from DESIGN.md's equations and "
+            f"add it to REFERENCES.") from None

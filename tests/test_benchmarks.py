@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import kinds
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+# Every whole-sequence layer of keras_recnorm.kinds.KINDS -> its Keras twin.
+LAYER_TWINS = {k.layer.__name__: f"keras.layers.{k.keras_twin}" for k in kinds(layer=True)}
 
 
 def run(command, **env):
@@ -24,7 +28,7 @@ def rows(stdout):
     """`{layer: (twin, train ratio, train ms, infer ratio, infer ms)}` from the table."""
     table = {}
     for line in stdout.splitlines():
-        for twin in ("keras.layers.LSTM", "keras.layers.GRU"):
+        for twin in set(LAYER_TWINS.values()):
             if f" {twin} " in line:
                 name, rest = line.split(f" {twin} ")
                 fields = rest.split()
@@ -38,10 +42,8 @@ def test_quick_run_measures_every_layer_against_its_twin():
     assert "CPU: " in stdout and " cores" in stdout
     table = rows(stdout)
     expected = {
-        "keras.layers.LSTM": "keras.layers.LSTM", "LayerNormLSTM": "keras.layers.LSTM",
-        "BatchNormLSTM": "keras.layers.LSTM", "RNN(LayerNormLSTMCell)": "keras.layers.LSTM",
-        "hand-written LN cell": "keras.layers.LSTM", "keras.layers.GRU": "keras.layers.GRU",
-        "LayerNormGRU": "keras.layers.GRU", "BatchNormGRU": "keras.layers.GRU",
+        **LAYER_TWINS, **{twin: twin for twin in LAYER_TWINS.values()},
+        "RNN(LayerNormLSTMCell)": "keras.layers.LSTM", "hand-written LN cell": "keras.layers.LSTM",
     }
     assert {name: row[0] for name, row in table.items()} == expected
     for name, (_, *figures) in table.items():

@@ -12,15 +12,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_recnorm import (
-    LayerNormGRU,
-    LayerNormGRUCell,
-    LayerNormLSTM,
-    LayerNormLSTMCell,
-    LayerNormSimpleRNNCell,
-    normalization,
-)
-from tests.conftest import randomize_weights, set_weights_by_name, to_numpy
+from keras_recnorm import normalization
+from tests.conftest import kinds, randomize_weights, set_weights_by_name, to_numpy
 
 TENSORFLOW = keras.backend.backend() == "tensorflow"
 JAX = keras.backend.backend() == "jax"
@@ -40,22 +33,23 @@ def rnn_of(cell_class):
     return make
 
 
+def generic_of(layer_class):
+    return lambda units, **kwargs: generic(layer_class(units, **kwargs))
+
+
 # name -> a function of (units, return_sequences=, dtype=, **cell arguments) giving the
-# recurrent layer. "fused": the layer's loop (training: with the hand-written step
-# derivative on TensorFlow and JAX, differentiated by autograd on torch); the others
-# differentiate Keras's loop.
+# recurrent layer, for every layer-normalized kind of keras_recnorm.kinds.KINDS. "fused":
+# the layer's loop (training: with the hand-written step derivative on TensorFlow and JAX,
+# differentiated by autograd on torch); the others differentiate Keras's loop.
 FUSED_BACKEND = keras.backend.backend() in ("tensorflow", "jax", "torch")
-VARIANTS = {
-    "LayerNormLSTM-fused": LayerNormLSTM,
-    "LayerNormLSTM-generic": lambda units, **kwargs: generic(LayerNormLSTM(units, **kwargs)),
-    "LayerNormGRU-fused": LayerNormGRU,
-    "LayerNormGRU-generic": lambda units, **kwargs: generic(LayerNormGRU(units, **kwargs)),
-    "RNN(LayerNormLSTMCell)": rnn_of(LayerNormLSTMCell),
-    "RNN(LayerNormGRUCell)": rnn_of(LayerNormGRUCell),
-    "RNN(LayerNormSimpleRNNCell)": rnn_of(LayerNormSimpleRNNCell),
-}
-if not FUSED_BACKEND:  # no fused loop (another backend): each layer's two variants are one
-    del VARIANTS["LayerNormLSTM-generic"], VARIANTS["LayerNormGRU-generic"]
+LAYERS = [k.layer for k in kinds(family="layer_norm", layer=True)]
+VARIANTS = {}
+for layer_class in LAYERS:
+    VARIANTS[f"{layer_class.__name__}-fused"] = layer_class
+    if FUSED_BACKEND:  # elsewhere there is no fused loop: a layer's two variants are one
+        VARIANTS[f"{layer_class.__name__}-generic"] = generic_of(layer_class)
+for kind in kinds(family="layer_norm"):
+    VARIANTS[f"RNN({kind.cell.__name__})"] = rnn_of(kind.cell)
 
 
 def model_of(recurrent, timesteps, features):
@@ -64,7 +58,7 @@ def model_of(recurrent, timesteps, features):
 
 
 def test_the_variants_take_the_paths_they_name():
-    for layer in ("LayerNormLSTM", "LayerNormGRU"):
+    for layer in (layer_class.__name__ for layer_class in LAYERS):
         assert VARIANTS[f"{layer}-fused"](4).uses_fused_loop() == FUSED_BACKEND
         if FUSED_BACKEND:
             assert not VARIANTS[f"{layer}-generic"](4).uses_fused_loop()

@@ -47,8 +47,8 @@ def merged_reference(kind, weights, x, mask, parts):
     `N·momentum/(1 − momentum)` samples, N the most samples of any step)."""
     from tests import reference
 
-    run = reference.bn_lstm if kind == "lstm" else reference.bn_gru
-    terms = reference.BN_TERMS[kind]
+    run = reference.for_kind(kind)
+    terms = reference.BN_TERMS[kind.recurrence]
     totals = {term: None for term in terms}
     for rows in np.array_split(np.arange(len(x)), parts):
         # A step no sample of this part reaches normalizes its padded samples (whose
@@ -87,7 +87,7 @@ def whole_batch_reference(kind, weights, x, mask):
     """The population statistics of the whole-sequence layer after one batch on one device."""
     from tests import reference
 
-    run = reference.bn_lstm if kind == "lstm" else reference.bn_gru
+    run = reference.for_kind(kind)
     with np.errstate(over="ignore"):
         _, _, moving = run(weights, x, mask=mask, training=True, momentum=MOMENTUM,
                            whole_sequence=True)
@@ -211,17 +211,17 @@ def worker_mirrored(tmp_dir):
 
     keras.utils.set_random_seed(0)
 
-    from keras_recnorm import BatchNormGRU, BatchNormLSTM, BatchNormLSTMCell
+    from keras_recnorm import BatchNormLSTM, BatchNormLSTMCell
     from keras_recnorm import recompute_population_statistics
     from keras_recnorm.export import export_saved_model
     from tests import reference
-    from tests.conftest import randomize_weights
+    from tests.conftest import kinds, randomize_weights
 
     x, mask, y = data()
     rng = np.random.default_rng(7)
-    for kind, layer_class in (("lstm", BatchNormLSTM), ("gru", BatchNormGRU)):
+    for kind in kinds(family="batch_norm", layer=True):
         with strategy.scope():
-            model = _sequence_model(layer_class)
+            model = _sequence_model(kind.layer)
             model.compile(keras.optimizers.SGD(0.0), "mse")
         cell = model.get_layer("rnn").cell
         weights = randomize_weights(cell, rng, scale=0.3)
@@ -233,14 +233,14 @@ def worker_mirrored(tmp_dir):
         one_device = merged_reference(kind, weights, x, mask, parts=1)
         for name, value in whole_batch_reference(kind, weights, x, mask).items():
             np.testing.assert_allclose(one_device[name], value, atol=1e-12, err_msg=name)
-        loop_term = "cell_moving_mean" if kind == "lstm" else "recurrent_moving_mean"
+        loop_term = "cell_moving_mean" if kind.recurrence == "lstm" else "recurrent_moving_mean"
         assert np.abs(_statistics(cell)[0][loop_term] - one_device[loop_term]).max() > 1e-4
 
         # recompute_population_statistics under the strategy: the whole batch on one device
         # (eager, cross-replica context), written to every copy.
         with strategy.scope():
             recompute_population_statistics(model, [x], verbose=0)
-        run = reference.bn_lstm if kind == "lstm" else reference.bn_gru
+        run = reference.for_kind(kind)
         with np.errstate(over="ignore"):
             _, _, _, stats = run(weights, x, mask=mask, training=True,
                                  return_batch_statistics=True)
@@ -338,7 +338,7 @@ def _check_layer_norm_layers_mirrored(strategy, x, y):
     Keras's loop with autodiff does on one device, in float64."""
     import keras
 
-    from keras_recnorm import LayerNormGRU, LayerNormLSTM
+    from tests.conftest import kinds
 
     x = x.astype("float64")
     x[1] = 0.0  # a sample that is padding only
@@ -359,7 +359,7 @@ def _check_layer_norm_layers_mirrored(strategy, x, y):
         model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
         return model
 
-    for layer_class in (LayerNormLSTM, LayerNormGRU):
+    for layer_class in (kind.layer for kind in kinds(family="layer_norm", layer=True)):
         with strategy.scope():
             mirrored = trained(layer_class, fused=True)
         assert mirrored.get_layer("rnn").uses_fused_loop()
@@ -410,6 +410,7 @@ def worker_synchronized():
     keras.utils.set_random_seed(0)
 
     from keras_recnorm import BatchNormGRU, BatchNormLSTM
+    from keras_recnorm.kinds import kind as named_kind
     from tests.conftest import randomize_weights
 
     x, mask, y = data()
@@ -430,7 +431,7 @@ def worker_synchronized():
     cell = model.get_layer("rnn").cell
     weights = randomize_weights(cell, rng, scale=0.3)
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
-    expected = whole_batch_reference("lstm", weights, x, mask)
+    expected = whole_batch_reference(named_kind("batch_norm_lstm"), weights, x, mask)
     values, copies = _statistics(cell)
     for name in ("input_moving_mean", "input_moving_variance"):
         np.testing.assert_allclose(values[name], expected[name], atol=2e-6, err_msg=name)
@@ -485,19 +486,18 @@ def worker_jax_devices():
     import jax
     import keras
 
-    from keras_recnorm import BatchNormGRU, BatchNormLSTM, recompute_population_statistics
+    from keras_recnorm import recompute_population_statistics
     from tests import reference
-    from tests.conftest import randomize_weights
+    from tests.conftest import kinds, randomize_weights
 
     keras.utils.set_random_seed(0)
-    reference_run = {"lstm": reference.bn_lstm, "gru": reference.bn_gru}
     devices = jax.devices()
     assert len(devices) == 2, devices
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
     x, mask, y = data()
     rng = np.random.default_rng(11)
-    for kind, layer_class in (("lstm", BatchNormLSTM), ("gru", BatchNormGRU)):
-        model = _sequence_model(layer_class)
+    for kind in kinds(family="batch_norm", layer=True):
+        model = _sequence_model(kind.layer)
         model.compile(keras.optimizers.SGD(0.0), "mse")
         cell = model.get_layer("rnn").cell
         weights = randomize_weights(cell, rng, scale=0.3)
@@ -514,8 +514,8 @@ def worker_jax_devices():
         # batch's steps 0..2.
         recompute_population_statistics(model, [x], verbose=0)
         with np.errstate(over="ignore"):
-            _, _, _, stats = reference_run[kind](weights, x, mask=mask, training=True,
-                                                 return_batch_statistics=True)
+            _, _, _, stats = reference.for_kind(kind)(weights, x, mask=mask, training=True,
+                                                      return_batch_statistics=True)
         for name, value in _statistics(cell)[0].items():
             term, statistic = name.split("_moving_")
             np.testing.assert_allclose(value[:3], stats[f"{term}_{statistic}"][:3], atol=2e-5,
@@ -531,6 +531,7 @@ def worker_jax_process(port, rank, tmp_dir):
     import keras
 
     from keras_recnorm import BatchNormLSTM
+    from keras_recnorm.kinds import kind as named_kind
 
     assert jax.process_count() == 2 and len(jax.devices()) == 2
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
@@ -546,7 +547,7 @@ def worker_jax_process(port, rank, tmp_dir):
     import tensorflow as tf
 
     model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH), epochs=1, verbose=0)
-    expected = whole_batch_reference("lstm", weights, x, mask)
+    expected = whole_batch_reference(named_kind("batch_norm_lstm"), weights, x, mask)
     found = {}
     for term in cell.normalized_terms:
         for statistic, variable in zip(("mean", "variance"), cell.moving(term)):

@@ -19,7 +19,7 @@ import pytest
 
 import keras_recnorm
 from keras_recnorm import export
-from tests.conftest import randomize_weights
+from tests.conftest import kinds, randomize_weights
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="export needs the TensorFlow backend"
@@ -43,19 +43,20 @@ CORPUS = [
     "an honest film about growing up",
 ]
 
-# Every family of our cells and layers: its class name in keras_recnorm, and how to make
-# the recurrent layer that goes into Bidirectional. Classes that have not landed yet are
-# skipped, and tested as soon as they appear in keras_recnorm/__init__.py.
-FAMILIES = {
-    "LayerNormLSTMCell": lambda cls: keras.layers.RNN(cls(UNITS)),
-    "LayerNormGRUCell": lambda cls: keras.layers.RNN(cls(UNITS)),
-    "BatchNormLSTMCell": lambda cls: keras.layers.RNN(cls(UNITS, max_timesteps=MAX_TIMESTEPS)),
-    "BatchNormGRUCell": lambda cls: keras.layers.RNN(cls(UNITS, max_timesteps=MAX_TIMESTEPS)),
-    "LayerNormLSTM": lambda cls: cls(UNITS),
-    "LayerNormGRU": lambda cls: cls(UNITS),
-    "BatchNormLSTM": lambda cls: cls(UNITS, max_timesteps=MAX_TIMESTEPS),
-    "BatchNormGRU": lambda cls: cls(UNITS, max_timesteps=MAX_TIMESTEPS),
-}
+
+def _family_makers():
+    """Every cell and layer of keras_recnorm.kinds.KINDS (cells first): its class name, and
+    how to make the recurrent layer that goes into Bidirectional from the class."""
+    cells, layers = {}, {}
+    for kind in kinds():
+        extra = {"max_timesteps": MAX_TIMESTEPS} if kind.batch_norm else {}
+        cells[kind.cell.__name__] = lambda cls, extra=extra: keras.layers.RNN(cls(UNITS, **extra))
+        if kind.layer is not None:
+            layers[kind.layer.__name__] = lambda cls, extra=extra: cls(UNITS, **extra)
+    return {**cells, **layers}
+
+
+FAMILIES = _family_makers()
 
 
 def recurrent_layer(family):
@@ -340,26 +341,56 @@ def onnx_tools():
     return onnxruntime
 
 
-@pytest.mark.parametrize("family", ["LayerNormLSTMCell", "BatchNormLSTMCell", "BatchNormLSTM"])
-def test_onnx_matches_predict_at_two_lengths(onnx_tools, family, tmp_path):
-    model = token_model(recurrent_layer(family))
+@pytest.fixture(scope="module")
+def onnx_export(onnx_tools, tmp_path_factory):
+    """One model with a branch per family (Embedding(mask_zero) -> family -> Dense, one named
+    output each; the BN layer also backwards, in Bidirectional), random weights and
+    population statistics, exported to ONNX once (one conversion instead of one per family:
+    the conversion takes most of the time) and run at two lengths, padded."""
+    ids = keras.Input(shape=(None,), dtype="int32")
+    embedded = keras.layers.Embedding(VOCABULARY, 6, mask_zero=True)(ids)
+    branches = {family: recurrent_layer(family) for family in FAMILIES}
+    branches["Bidirectional(BatchNormLSTM)"] = keras.layers.Bidirectional(
+        recurrent_layer("BatchNormLSTM"))
+    outputs = {name: keras.layers.Dense(2)(layer(embedded)) for name, layer in branches.items()}
+    model = keras.Model(ids, outputs)
     randomize_recurrent_weights(model, seed=7)
-    path = export.export_onnx(model, tmp_path / "model.onnx")
-    assert os.listdir(tmp_path) == ["model.onnx"]
-
+    directory = tmp_path_factory.mktemp("onnx")
+    # The tests below compare it with the model (export_onnx's own check runs the same).
+    path = export.export_onnx(model, directory / "model.onnx", verify=False)
     session = onnx_tools.InferenceSession(path, providers=["CPUExecutionProvider"])
-    (inputs,) = session.get_inputs()
-    (outputs,) = session.get_outputs()
-    assert (inputs.name, inputs.shape, inputs.type) == ("inputs", ["batch", "time"], "tensor(int32)")
-    assert outputs.name == "outputs" and outputs.shape == ["batch", 2]
     rng = np.random.default_rng(3)
+    runs = []
     for length in (3, 11):
         ids = rng.integers(1, VOCABULARY, size=(5, length)).astype(np.int32)
         ids[1, length - 1 :] = 0  # padding
         ids[2, 1:] = 0
-        expected = model.predict(ids, verbose=0)
-        (served,) = session.run(None, {"inputs": ids})
-        np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5)
+        names = [o.name for o in session.get_outputs()]
+        served = dict(zip(names, session.run(names, {"inputs": ids})))
+        runs.append((served, model.predict(ids, verbose=0)))
+    return {"files": os.listdir(directory), "session": session, "runs": runs}
+
+
+def test_onnx_graph_takes_inputs_and_names_each_output(onnx_export):
+    assert onnx_export["files"] == ["model.onnx"]
+    session = onnx_export["session"]
+    (inputs,) = session.get_inputs()
+    assert (inputs.name, inputs.shape, inputs.type) == ("inputs", ["batch", "time"], "tensor(int32)")
+    assert {(o.name, tuple(o.shape)) for o in session.get_outputs()} == {
+        (family, ("batch", 2)) for family in [*FAMILIES, "Bidirectional(BatchNormLSTM)"]}
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "Bidirectional(BatchNormLSTM)"])
+def test_onnx_matches_predict_at_two_lengths(onnx_export, family):
+    for served, expected in onnx_export["runs"]:
+        np.testing.assert_allclose(served[family], expected[family], rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_single_output_is_named_outputs(onnx_tools, ids_model, tmp_path):
+    path = export.export_onnx(ids_model, tmp_path / "model.onnx")
+    session = onnx_tools.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (outputs,) = session.get_outputs()
+    assert outputs.name == "outputs" and outputs.shape == ["batch", 2]
 
 
 def test_onnx_refuses_raw_string_models_and_existing_files(onnx_tools, ids_model, tmp_path):
@@ -553,7 +584,6 @@ def test_probe_argument_takes_one_batch_or_several(ids_model, text_exports):
 # --------------------------------------------------------------------------- LiteRT
 
 LITERT_BATCH, LITERT_LENGTH = 3, 7  # T above MAX_TIMESTEPS: the last slot serves the rest
-LITERT_FAMILIES = {**FAMILIES, "LayerNormSimpleRNNCell": lambda cls: keras.layers.RNN(cls(UNITS))}
 
 
 @pytest.fixture(scope="module")
@@ -564,7 +594,7 @@ def litert_export(tmp_path_factory):
     ids = keras.Input(shape=(None,), dtype="int32")
     embedded = keras.layers.Embedding(VOCABULARY, 6, mask_zero=True)(ids)
     branches = {}
-    for family, make in LITERT_FAMILIES.items():
+    for family, make in FAMILIES.items():
         cls = getattr(keras_recnorm, family, None)
         if cls is not None:
             branches[family] = make(cls)
@@ -586,7 +616,7 @@ def litert_export(tmp_path_factory):
     return {"path": path, "served": served, "expected": model.predict(x, verbose=0)}
 
 
-@pytest.mark.parametrize("family", [*LITERT_FAMILIES, "Bidirectional(BatchNormLSTM)"])
+@pytest.mark.parametrize("family", [*FAMILIES, "Bidirectional(BatchNormLSTM)"])
 def test_litert_matches_predict_for_every_cell_and_layer(litert_export, family):
     if family not in litert_export["expected"]:
         pytest.skip(f"{family} has not landed yet")
