@@ -279,7 +279,25 @@ class BatchNormCell(GatedCell):
         }
 
 
-_BN_ARGS_DOC = """
+
+@register
+class BatchNormLSTMCell(BatchNormCell):
+    """LSTM cell with recurrent batch normalization (Cooijmans et al. 2016).
+
+    ```
+    z  = BN_t(x·kernel; input_gamma) + BN_t(h·recurrent_kernel; recurrent_gamma) + bias
+    c' = σ(f)·c + σ(i)·tanh(g)                   (i, f, g, o = split(z, 4))
+    h' = σ(o)·tanh(BN_t(c'; cell_gamma, cell_beta))
+    ```
+    with separate statistics for every time step t. The state is `[h, c, step]`:
+    `return_state=True` returns these three; `step` (shape `(batch, 1)`) counts the real
+    steps each sample has seen, and is what a stateful layer carries across batches.
+    To start from a noisy `h₀` (the paper's fix for zero variance at t = 0), pass
+    `initial_state=[h0, zeros, zeros]`.
+
+    Args:
+        units: positive integer, dimensionality of the output space.
+        unit_forget_bias: if `True` (default), the forget gate's bias starts at 1.
         max_timesteps: positive integer T_max, the number of per-step statistics slots.
             Step t uses slot `min(t, max_timesteps - 1)`: longer sequences work and
             share the last slot.
@@ -326,6 +344,10 @@ _BN_ARGS_DOC = """
             statistics (`predict`, `evaluate`, export). A cell with `trainable=False`
             always runs in inference mode.
 
+    Returns:
+        `(output, new_states)`: `h'` of shape `(batch, units)` and the list of the new
+        states, the step counter last.
+
     Statistics updates inside `keras.layers.RNN`: the cell moves its population
     statistics in `call`, once per step. On the TensorFlow backend (and torch) the RNN
     loop calls the step once more before the loop, with the first step's inputs, to learn
@@ -342,28 +364,7 @@ _BN_ARGS_DOC = """
     `keras.layers.RNN` raises an error: use the whole-sequence layer. Padded samples take
     part in the batch statistics of `keras.layers.RNN(cell)` (the cell never sees the
     mask); the whole-sequence layers leave them out.
-"""
 
-
-@register
-class BatchNormLSTMCell(BatchNormCell):
-    __doc__ = f"""LSTM cell with recurrent batch normalization (Cooijmans et al. 2016).
-
-    ```
-    z  = BN_t(x·kernel; input_gamma) + BN_t(h·recurrent_kernel; recurrent_gamma) + bias
-    c' = σ(f)·c + σ(i)·tanh(g)                   (i, f, g, o = split(z, 4))
-    h' = σ(o)·tanh(BN_t(c'; cell_gamma, cell_beta))
-    ```
-    with separate statistics for every time step t. The state is `[h, c, step]`:
-    `return_state=True` returns these three; `step` (shape `(batch, 1)`) counts the real
-    steps each sample has seen, and is what a stateful layer carries across batches.
-    To start from a noisy `h₀` (the paper's fix for zero variance at t = 0), pass
-    `initial_state=[h0, zeros, zeros]`.
-
-    Args:
-        units: positive integer, dimensionality of the output space.
-        unit_forget_bias: if `True` (default), the forget gate's bias starts at 1.
-{_BN_ARGS_DOC}
     Example:
 
     >>> import numpy as np, keras
@@ -461,7 +462,7 @@ class BatchNormLSTMCell(BatchNormCell):
 
 @register
 class BatchNormGRUCell(BatchNormCell):
-    __doc__ = f"""GRU cell with recurrent batch normalization (Cooijmans et al. 2016), in
+    """GRU cell with recurrent batch normalization (Cooijmans et al. 2016), in
     Keras's `reset_after=True` layout (gate order z, r, h):
 
     ```
@@ -475,7 +476,60 @@ class BatchNormGRUCell(BatchNormCell):
     Args:
         units: positive integer, dimensionality of the output space.
         reset_after: must be `True`; accepted for compatibility with `GRUCell`.
-{_BN_ARGS_DOC}
+        max_timesteps: positive integer T_max, the number of per-step statistics slots.
+            Step t uses slot `min(t, max_timesteps - 1)`: longer sequences work and
+            share the last slot.
+        momentum: momentum of the moving averages of the statistics, in [0, 1)
+            (default 0.95, the reference implementation's update rate 0.05). A step
+            that all N samples of a batch reach moves its slot's mean by
+            `1 − momentum`; one that k of them reach, by `k / (k + N·momentum /
+            (1 − momentum))` (every sample weighs the same), and the variance moves to
+            the merged variance of old and new samples (docs/batch_norm_statistics.md).
+        recurrent_activation: activation of the gates (default `sigmoid`).
+        activation: activation of the candidate / cell output (default `tanh`).
+        use_bias: whether to add `bias`, the shift of the normalized gate terms.
+        kernel_initializer, recurrent_initializer, bias_initializer: initializers of
+            `kernel` (`glorot_uniform`), `recurrent_kernel` (`orthogonal`), `bias`.
+        gamma_initializer: initializer of every γ; default `Constant(0.1)` (the paper:
+            0.1 avoids vanishing gradients through saturated gates).
+        beta_initializer: initializer of β (default `zeros`).
+        moving_mean_initializer, moving_variance_initializer: initial population
+            statistics (`zeros`, `ones`).
+        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer,
+            beta_regularizer, kernel_constraint, recurrent_constraint, bias_constraint,
+            gamma_constraint, beta_constraint: as in Keras.
+        dropout: fraction of the input units to drop, in [0, 1). One mask per sequence.
+        recurrent_dropout: fraction of the recurrent state's units to drop, in [0, 1).
+        epsilon: added to the variance inside the square root (default 1e-5).
+        seed: random seed of the dropout masks.
+        synchronized: as in `keras.layers.BatchNormalization`. Under a
+            `tf.distribute` strategy with several replicas, `True` normalizes the input
+            term in training with the global batch's statistics (all-reduced before the
+            loop); the recurrent and cell terms, computed inside the loop, always use each
+            replica's own samples. The population statistics of `BatchNormLSTM` and
+            `BatchNormGRU` are the global batch's either way; a cell inside
+            `keras.layers.RNN` can't train under several replicas (it raises, pointing
+            to those layers). No effect on JAX `keras.distribution` (statistics are
+            global by construction) or without a strategy. See
+            docs/distributed_training.md.
+
+    Call arguments:
+        inputs: a 2D tensor `(batch, features)`, the input at one time step.
+        states: the previous states (see the class description); the last one is the
+            step counter.
+        training: `True` uses the batch's statistics at this step and updates the
+            population statistics (as `fit` does); `False` uses the population
+            statistics (`predict`, `evaluate`, export). A cell with `trainable=False`
+            always runs in inference mode.
+
+    Returns:
+        `(output, new_states)`: `h'` of shape `(batch, units)` and the list of the new
+        states, the step counter last.
+
+    Statistics updates inside `keras.layers.RNN`, and what Keras's extra calls of the
+    first step do to slot 0: as for `BatchNormLSTMCell`. On JAX, training the cell inside
+    `keras.layers.RNN` raises an error: use `BatchNormGRU`.
+
     Example:
 
     >>> import numpy as np, keras
@@ -877,12 +931,16 @@ def _real_steps_first(sequences, mask):
     return ops.take_along_axis(sequences, index, axis=1), ops.take_along_axis(mask, order, axis=1)
 
 
-_BN_LAYER_DOC = """
-    A `keras.layers.RNN` over a `{cell}` that it owns, constructed like
-    `keras.layers.{keras_layer}`: every argument of `{cell}` (`units` and
+@register
+class BatchNormLSTM(_BatchNormSequence):
+    """Batch-normalized LSTM layer with per-time-step statistics (Cooijmans et al. 2016).
+
+    A `keras.layers.RNN` over a `BatchNormLSTMCell` that it owns, constructed like
+    `keras.layers.LSTM`: every argument of `BatchNormLSTMCell` (`units` and
     `max_timesteps` first), plus `return_sequences`, `return_state`, `go_backwards`,
     `stateful`, `unroll` and `zero_output_for_mask`. Same weights (same names) and, for
-    unpadded input, the same outputs as `keras.layers.RNN({cell}(...))`. Beyond the cell:
+    unpadded input, the same outputs as `keras.layers.RNN(BatchNormLSTMCell(...))`. Beyond
+    the cell:
 
     - **padding-aware statistics**: at every step, the batch mean and variance are taken
       over the samples that are not padding at that step (mask from
@@ -896,7 +954,7 @@ _BN_LAYER_DOC = """
       (`keras_recnorm.recurrence`; on torch a Python loop that autograd
       differentiates). At inference (same backends and dtypes) a forward-only loop
       reads each sample's population statistics; elsewhere (half precision, other
-      activations, `unroll`) it runs as `RNN({cell})`.
+      activations, `unroll`) it runs as `RNN(BatchNormLSTMCell)`.
 
     Steps are counted per sample, over its real steps only: the statistics of slot t come
     from every sample's t-th real step, and at inference each sample reads the slots of
@@ -911,38 +969,87 @@ _BN_LAYER_DOC = """
 
     Call arguments:
         sequences: a 3D tensor `(batch, timesteps, features)`.
-        initial_state: optional list of initial states (`[h, c, step]` for the LSTM,
-            `[h, step]` for the GRU; without `step`, as `keras.layers.{keras_layer}`
-            takes them, the step counter starts at 0); e.g. a noisy `h` for the
-            paper's sequential MNIST.
+        initial_state: optional list of initial states, `[h, c, step]`; without `step`, as
+            `keras.layers.LSTM` takes them, the step counter starts at 0. E.g. a noisy
+            `h` for the paper's sequential MNIST.
         mask: optional boolean `(batch, timesteps)`.
         training: batch statistics and statistics updates (`fit`), or population
             statistics (`predict`, `evaluate`, export).
 
+    Returns:
+        As `keras.layers.LSTM`: the last output `(batch, units)`, or every step's
+        `(batch, timesteps, units)` with `return_sequences`; with `return_state`, a list
+        of that and the final states (`h`, `c` and `step`).
+
     Example:
 
     >>> import numpy as np
-    >>> from keras_recnorm import {name}
-    >>> {name}(16, max_timesteps=10)(np.ones((4, 10, 3), "float32")).shape
+    >>> from keras_recnorm import BatchNormLSTM
+    >>> BatchNormLSTM(16, max_timesteps=10)(np.ones((4, 10, 3), "float32")).shape
     TensorShape([4, 16])
-"""
+    """
 
-
-@register
-class BatchNormLSTM(_BatchNormSequence):
-    __doc__ = (
-        "Batch-normalized LSTM layer with per-time-step statistics (Cooijmans et al. 2016).\n"
-        + _BN_LAYER_DOC.format(cell="BatchNormLSTMCell", keras_layer="LSTM", name="BatchNormLSTM")
-    )
     cell_class = BatchNormLSTMCell
 
 
 @register
 class BatchNormGRU(_BatchNormSequence):
-    __doc__ = (
-        "Batch-normalized GRU layer with per-time-step statistics (Cooijmans et al. 2016).\n"
-        + _BN_LAYER_DOC.format(cell="BatchNormGRUCell", keras_layer="GRU", name="BatchNormGRU")
-    )
+    """Batch-normalized GRU layer with per-time-step statistics (Cooijmans et al. 2016).
+
+    A `keras.layers.RNN` over a `BatchNormGRUCell` that it owns, constructed like
+    `keras.layers.GRU`: every argument of `BatchNormGRUCell` (`units` and
+    `max_timesteps` first), plus `return_sequences`, `return_state`, `go_backwards`,
+    `stateful`, `unroll` and `zero_output_for_mask`. Same weights (same names) and, for
+    unpadded input, the same outputs as `keras.layers.RNN(BatchNormGRUCell(...))`. Beyond
+    the cell:
+
+    - **padding-aware statistics**: at every step, the batch mean and variance are taken
+      over the samples that are not padding at that step (mask from
+      `Embedding(mask_zero=True)`, `Masking` or `mask=`); a step where every sample is
+      padding changes no statistic;
+    - **one update per batch**: population statistics move once per batch, after the
+      loop, on every backend (JAX included) and with no double move of slot 0;
+    - **speed**: in training, `x·kernel` is computed for all steps before the loop,
+      and (TensorFlow or JAX, default activations, float32 or float64) the loop
+      normalizes it and runs the cell's step with their hand-written derivative
+      (`keras_recnorm.recurrence`; on torch a Python loop that autograd
+      differentiates). At inference (same backends and dtypes) a forward-only loop
+      reads each sample's population statistics; elsewhere (half precision, other
+      activations, `unroll`) it runs as `RNN(BatchNormGRUCell)`.
+
+    Steps are counted per sample, over its real steps only: the statistics of slot t come
+    from every sample's t-th real step, and at inference each sample reads the slots of
+    its own steps, so left- or right-padded and backward sequences are all normalized as
+    their unpadded selves would be. A step that few samples of a batch reach (one long
+    sentence among short ones) is normalized in training with those few samples'
+    statistics (the paper's definition; one sample: variance 0, the term becomes β), and
+    moves the population statistics in proportion to its sample count, towards the
+    variance across all the samples that reached it (docs/batch_norm_statistics.md).
+    `return_state=True` also returns the step counter (last state), in float32 under
+    every dtype policy (so it counts exactly past 256 steps under `mixed_bfloat16`).
+
+    Call arguments:
+        sequences: a 3D tensor `(batch, timesteps, features)`.
+        initial_state: optional list of initial states, `[h, step]`; without `step`, as
+            `keras.layers.GRU` takes them, the step counter starts at 0. E.g. a noisy
+            `h` for the paper's sequential MNIST.
+        mask: optional boolean `(batch, timesteps)`.
+        training: batch statistics and statistics updates (`fit`), or population
+            statistics (`predict`, `evaluate`, export).
+
+    Returns:
+        As `keras.layers.GRU`: the last output `(batch, units)`, or every step's
+        `(batch, timesteps, units)` with `return_sequences`; with `return_state`, a list
+        of that and the final states (`h` and `step`).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_recnorm import BatchNormGRU
+    >>> BatchNormGRU(16, max_timesteps=10)(np.ones((4, 10, 3), "float32")).shape
+    TensorShape([4, 16])
+    """
+
     cell_class = BatchNormGRUCell
 
 

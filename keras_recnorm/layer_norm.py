@@ -34,8 +34,27 @@ from keras_recnorm.normalization import (
 
 register = keras.saving.register_keras_serializable(package="keras_recnorm")
 
-_SHARED_ARGS_DOC = """
-        activation: activation of the candidate and of the cell output (default `tanh`).
+
+@register
+class LayerNormLSTMCell(GatedCell):
+    """LSTM cell with layer normalization (Ba, Kiros & Hinton 2016).
+
+    ```
+    z  = LN(x·kernel; input_gamma) + LN(h·recurrent_kernel; recurrent_gamma) + bias
+    i, f, g, o = split(z, 4)
+    c' = σ(f)·c + σ(i)·tanh(g)
+    h' = σ(o)·tanh(LN(c'; cell_gamma, cell_beta))
+    ```
+    Each LN of a gate term normalizes all `4 * units` pre-activations jointly; `bias` is
+    their only shift. The state is `[h, c]` with `c` carried unnormalized, as in the paper
+    (TensorFlow Addons' `LayerNormLSTMCell` carries the normalized `c`).
+
+    Args:
+        units: positive integer, dimensionality of the output space.
+        recurrent_activation: activation of the gates (default `sigmoid`).
+        unit_forget_bias: if `True` (default), the forget gate's bias starts at 1.
+        activation: activation of the candidate `g` and of the cell output (default
+            `tanh`).
         use_bias: whether to add `bias`, the only shift of the normalized gate terms.
         kernel_initializer, recurrent_initializer, bias_initializer: initializers of
             `kernel` (default `glorot_uniform`), `recurrent_kernel` (`orthogonal`), `bias`.
@@ -54,35 +73,16 @@ _SHARED_ARGS_DOC = """
             normalization passes no gradient. The LN-LSTM's and LN-GRU's input terms
             keep their exact derivative at every scale (docs/degenerate_inputs.md).
         seed: random seed of the dropout masks.
-"""
 
-_CALL_DOC = """
     Call arguments:
         inputs: a 2D tensor `(batch, features)`, the input at one time step.
         states: the list of state tensors of the previous step (see `state_size`).
         training: whether dropout is applied.
-"""
 
+    Returns:
+        `(output, new_states)`: `h'` of shape `(batch, units)` and the list of the new
+        states.
 
-@register
-class LayerNormLSTMCell(GatedCell):
-    __doc__ = f"""LSTM cell with layer normalization (Ba, Kiros & Hinton 2016).
-
-    ```
-    z  = LN(x·kernel; input_gamma) + LN(h·recurrent_kernel; recurrent_gamma) + bias
-    i, f, g, o = split(z, 4)
-    c' = σ(f)·c + σ(i)·tanh(g)
-    h' = σ(o)·tanh(LN(c'; cell_gamma, cell_beta))
-    ```
-    Each LN of a gate term normalizes all `4 * units` pre-activations jointly; `bias` is
-    their only shift. The state is `[h, c]` with `c` carried unnormalized, as in the paper
-    (TensorFlow Addons' `LayerNormLSTMCell` carries the normalized `c`).
-
-    Args:
-        units: positive integer, dimensionality of the output space.
-        recurrent_activation: activation of the gates (default `sigmoid`).
-        unit_forget_bias: if `True` (default), the forget gate's bias starts at 1.
-{_SHARED_ARGS_DOC}{_CALL_DOC}
     Example:
 
     >>> import numpy as np, keras
@@ -199,7 +199,7 @@ class LayerNormLSTMCell(GatedCell):
 
 @register
 class LayerNormGRUCell(GatedCell):
-    __doc__ = f"""GRU cell with layer normalization, in the four-LN form of the authors'
+    """GRU cell with layer normalization, in the four-LN form of the authors'
     code and Keras's `reset_after=True` layout (gate order z, r, h).
 
     ```
@@ -214,7 +214,34 @@ class LayerNormGRUCell(GatedCell):
         recurrent_activation: activation of the gates (default `sigmoid`).
         reset_after: must be `True` (the reset gate applies after the recurrent matmul,
             as in the paper's code and Keras's default); accepted for compatibility.
-{_SHARED_ARGS_DOC}{_CALL_DOC}
+        activation: activation of the candidate `h̃` (default `tanh`).
+        use_bias: whether to add `bias`, the only shift of the normalized gate terms.
+        kernel_initializer, recurrent_initializer, bias_initializer: initializers of
+            `kernel` (default `glorot_uniform`), `recurrent_kernel` (`orthogonal`), `bias`.
+        gamma_initializer: initializer of the four LN gains (`ones`).
+        beta_initializer: accepted for a constructor like the other cells'; these LNs
+            have no shift (`bias` is added after them).
+        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer,
+            beta_regularizer: regularizers of those weights.
+        kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint,
+            beta_constraint: constraints of those weights.
+        dropout: fraction of the input units to drop, in [0, 1). One mask per sequence.
+        recurrent_dropout: fraction of the recurrent state's units to drop, in [0, 1).
+        epsilon: added to the variance inside the square root (default 1e-5). In the
+            backward pass a normalized vector whose variance is below ~1e-6·epsilon
+            (e.g. all-zero input steps) is treated as a constant: its normalization
+            passes no gradient (docs/degenerate_inputs.md).
+        seed: random seed of the dropout masks.
+
+    Call arguments:
+        inputs: a 2D tensor `(batch, features)`, the input at one time step.
+        states: the list of state tensors of the previous step (see `state_size`).
+        training: whether dropout is applied.
+
+    Returns:
+        `(output, new_states)`: `h'` of shape `(batch, units)` and the list of the new
+        states.
+
     Example:
 
     >>> import numpy as np, keras
@@ -356,7 +383,7 @@ class LayerNormGRUCell(GatedCell):
 
 @register
 class LayerNormSimpleRNNCell(NormalizedCell):
-    __doc__ = f"""Fully-connected RNN cell with layer normalization of its summed inputs:
+    """Fully-connected RNN cell with layer normalization of its summed inputs:
 
     ```
     h' = activation(LN(x·kernel + h·recurrent_kernel; gamma) + bias)
@@ -365,7 +392,34 @@ class LayerNormSimpleRNNCell(NormalizedCell):
 
     Args:
         units: positive integer, dimensionality of the output space.
-{_SHARED_ARGS_DOC}{_CALL_DOC}
+        activation: activation of the output (default `tanh`).
+        use_bias: whether to add `bias`, the only shift of the normalized sum.
+        kernel_initializer, recurrent_initializer, bias_initializer: initializers of
+            `kernel` (default `glorot_uniform`), `recurrent_kernel` (`orthogonal`), `bias`.
+        gamma_initializer: initializer of the LN gain `gamma` (`ones`).
+        beta_initializer: accepted for a constructor like the other cells'; this LN has
+            no shift (`bias` is added after it).
+        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer,
+            beta_regularizer: regularizers of those weights.
+        kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint,
+            beta_constraint: constraints of those weights.
+        dropout: fraction of the input units to drop, in [0, 1). One mask per sequence.
+        recurrent_dropout: fraction of the recurrent state's units to drop, in [0, 1).
+        epsilon: added to the variance inside the square root (default 1e-5). In the
+            backward pass a normalized vector whose variance is below ~1e-6·epsilon
+            (e.g. all-zero input steps) is treated as a constant: its normalization
+            passes no gradient (docs/degenerate_inputs.md).
+        seed: random seed of the dropout masks.
+
+    Call arguments:
+        inputs: a 2D tensor `(batch, features)`, the input at one time step.
+        states: the list of state tensors of the previous step (see `state_size`).
+        training: whether dropout is applied.
+
+    Returns:
+        `(output, new_states)`: `h'` of shape `(batch, units)` and the list of the new
+        states.
+
     Example:
 
     >>> import numpy as np, keras
@@ -428,15 +482,20 @@ class _LayerNormSequence(NormalizedRNN):
         return self.cell.step_forward
 
 
-_LAYER_DOC = """
-    A `keras.layers.RNN` over a `{cell}` that it owns, constructed like
-    `keras.layers.{keras_layer}`: every argument of `{cell}`, plus `return_sequences`,
+
+@register
+class LayerNormLSTM(_LayerNormSequence):
+    """Layer-normalized LSTM layer (Ba, Kiros & Hinton 2016).
+
+    A `keras.layers.RNN` over a `LayerNormLSTMCell` that it owns, constructed like
+    `keras.layers.LSTM`: every argument of `LayerNormLSTMCell`, plus `return_sequences`,
     `return_state`, `go_backwards`, `stateful`, `unroll` and `zero_output_for_mask`.
-    Same weights (same names) and outputs as `keras.layers.RNN({cell}(...))`. Faster on
-    TensorFlow and JAX (with the default activations, float32 or float64): the loop runs
-    the cell's step with its hand-written derivative (`keras_recnorm.recurrence`) instead
-    of differentiating the loop, and inference runs it forward only; on torch, Python
-    loops over the same step. Elsewhere it runs as `RNN({cell})`.
+    Same weights (same names) and outputs as `keras.layers.RNN(LayerNormLSTMCell(...))`.
+    Faster on TensorFlow and JAX (with the default activations, float32 or float64): the
+    loop runs the cell's step with its hand-written derivative
+    (`keras_recnorm.recurrence`) instead of differentiating the loop, and inference runs
+    it forward only; on torch, Python loops over the same step. Elsewhere it runs as
+    `RNN(LayerNormLSTMCell)`.
 
     Call arguments:
         sequences: a 3D tensor `(batch, timesteps, features)`.
@@ -445,20 +504,19 @@ _LAYER_DOC = """
             was (from `Embedding(mask_zero=True)`, `Masking`, or passed explicitly).
         training: whether dropout is applied.
 
+    Returns:
+        As `keras.layers.LSTM`: the last output `(batch, units)`, or every step's
+        `(batch, timesteps, units)` with `return_sequences`; with `return_state`, a list
+        of that and the final states (`h` and `c`).
+
     Example:
 
     >>> import numpy as np
-    >>> from keras_recnorm import {name}
-    >>> {name}(16, return_sequences=True)(np.ones((4, 10, 3), "float32")).shape
+    >>> from keras_recnorm import LayerNormLSTM
+    >>> LayerNormLSTM(16, return_sequences=True)(np.ones((4, 10, 3), "float32")).shape
     TensorShape([4, 10, 16])
-"""
+    """
 
-
-@register
-class LayerNormLSTM(_LayerNormSequence):
-    __doc__ = "Layer-normalized LSTM layer (Ba, Kiros & Hinton 2016).\n" + _LAYER_DOC.format(
-        cell="LayerNormLSTMCell", keras_layer="LSTM", name="LayerNormLSTM"
-    )
     cell_class = LayerNormLSTMCell
 
     def forward_only_step(self):
@@ -468,7 +526,36 @@ class LayerNormLSTM(_LayerNormSequence):
 
 @register
 class LayerNormGRU(_LayerNormSequence):
-    __doc__ = "Layer-normalized GRU layer (Ba, Kiros & Hinton 2016).\n" + _LAYER_DOC.format(
-        cell="LayerNormGRUCell", keras_layer="GRU", name="LayerNormGRU"
-    )
+    """Layer-normalized GRU layer (Ba, Kiros & Hinton 2016).
+
+    A `keras.layers.RNN` over a `LayerNormGRUCell` that it owns, constructed like
+    `keras.layers.GRU`: every argument of `LayerNormGRUCell`, plus `return_sequences`,
+    `return_state`, `go_backwards`, `stateful`, `unroll` and `zero_output_for_mask`.
+    Same weights (same names) and outputs as `keras.layers.RNN(LayerNormGRUCell(...))`.
+    Faster on TensorFlow and JAX (with the default activations, float32 or float64): the
+    loop runs the cell's step with its hand-written derivative
+    (`keras_recnorm.recurrence`) instead of differentiating the loop, and inference runs
+    it forward only; on torch, Python loops over the same step. Elsewhere it runs as
+    `RNN(LayerNormGRUCell)`.
+
+    Call arguments:
+        sequences: a 3D tensor `(batch, timesteps, features)`.
+        initial_state: optional list of initial state tensors.
+        mask: optional boolean `(batch, timesteps)`; masked steps leave the state as it
+            was (from `Embedding(mask_zero=True)`, `Masking`, or passed explicitly).
+        training: whether dropout is applied.
+
+    Returns:
+        As `keras.layers.GRU`: the last output `(batch, units)`, or every step's
+        `(batch, timesteps, units)` with `return_sequences`; with `return_state`, a list
+        of that and the final states (`h`).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_recnorm import LayerNormGRU
+    >>> LayerNormGRU(16, return_sequences=True)(np.ones((4, 10, 3), "float32")).shape
+    TensorShape([4, 10, 16])
+    """
+
     cell_class = LayerNormGRUCell
