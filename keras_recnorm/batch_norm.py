@@ -317,9 +317,7 @@ class BatchNormLSTMCell(BatchNormCell):
         beta_initializer: initializer of β (default `zeros`).
         moving_mean_initializer, moving_variance_initializer: initial population
             statistics (`zeros`, `ones`).
-        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer,
-            beta_regularizer, kernel_constraint, recurrent_constraint, bias_constraint,
-            gamma_constraint, beta_constraint: as in Keras.
+        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer, beta_regularizer, kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint, beta_constraint: as in Keras.
         dropout: fraction of the input units to drop, in [0, 1). One mask per sequence.
         recurrent_dropout: fraction of the recurrent state's units to drop, in [0, 1).
         epsilon: added to the variance inside the square root (default 1e-5).
@@ -495,9 +493,7 @@ class BatchNormGRUCell(BatchNormCell):
         beta_initializer: initializer of β (default `zeros`).
         moving_mean_initializer, moving_variance_initializer: initial population
             statistics (`zeros`, `ones`).
-        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer,
-            beta_regularizer, kernel_constraint, recurrent_constraint, bias_constraint,
-            gamma_constraint, beta_constraint: as in Keras.
+        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer, beta_regularizer, kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint, beta_constraint: as in Keras.
         dropout: fraction of the input units to drop, in [0, 1). One mask per sequence.
         recurrent_dropout: fraction of the recurrent state's units to drop, in [0, 1).
         epsilon: added to the variance inside the square root (default 1e-5).
@@ -967,6 +963,21 @@ class BatchNormLSTM(_BatchNormSequence):
     `return_state=True` also returns the step counter (last state), in float32 under
     every dtype policy (so it counts exactly past 256 steps under `mixed_bfloat16`).
 
+    Args:
+        units: positive integer, dimensionality of the output space.
+        max_timesteps: positive integer, the number of per-step statistics slots (see
+            `BatchNormLSTMCell`).
+        return_sequences: whether to return every step's output (default: the last one).
+        return_state: whether to return the final states as well.
+        go_backwards: whether to process the sequences backwards.
+        stateful: whether each batch's final states are the next batch's initial states.
+        unroll: whether to unroll the loop (it then runs as `RNN(BatchNormLSTMCell)`).
+        zero_output_for_mask: whether a masked step outputs zeros (default: the previous
+            output), as in `keras.layers.LSTM`.
+        **kwargs: every other argument of `BatchNormLSTMCell` (activations, initializers,
+            regularizers, constraints, dropout, `epsilon`, ...) and the layer's own
+            (`name`, `dtype`, `trainable`).
+
     Call arguments:
         sequences: a 3D tensor `(batch, timesteps, features)`.
         initial_state: optional list of initial states, `[h, c, step]`; without `step`, as
@@ -1027,6 +1038,21 @@ class BatchNormGRU(_BatchNormSequence):
     variance across all the samples that reached it (docs/batch_norm_statistics.md).
     `return_state=True` also returns the step counter (last state), in float32 under
     every dtype policy (so it counts exactly past 256 steps under `mixed_bfloat16`).
+
+    Args:
+        units: positive integer, dimensionality of the output space.
+        max_timesteps: positive integer, the number of per-step statistics slots (see
+            `BatchNormLSTMCell`).
+        return_sequences: whether to return every step's output (default: the last one).
+        return_state: whether to return the final states as well.
+        go_backwards: whether to process the sequences backwards.
+        stateful: whether each batch's final states are the next batch's initial states.
+        unroll: whether to unroll the loop (it then runs as `RNN(BatchNormGRUCell)`).
+        zero_output_for_mask: whether a masked step outputs zeros (default: the previous
+            output), as in `keras.layers.GRU`.
+        **kwargs: every other argument of `BatchNormGRUCell` (activations, initializers,
+            regularizers, constraints, dropout, `epsilon`, ...) and the layer's own
+            (`name`, `dtype`, `trainable`).
 
     Call arguments:
         sequences: a 3D tensor `(batch, timesteps, features)`.

@@ -60,10 +60,8 @@ class LayerNormLSTMCell(GatedCell):
             `kernel` (default `glorot_uniform`), `recurrent_kernel` (`orthogonal`), `bias`.
         gamma_initializer, beta_initializer: initializers of the LN gains (`ones`) and
             shifts (`zeros`).
-        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer,
-            beta_regularizer: regularizers of those weights.
-        kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint,
-            beta_constraint: constraints of those weights.
+        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer, beta_regularizer: regularizers of those weights.
+        kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint, beta_constraint: constraints of those weights.
         dropout: fraction of the input units to drop, in [0, 1). One mask per sequence.
         recurrent_dropout: fraction of the recurrent state's units to drop, in [0, 1).
         epsilon: added to the variance inside the square root (default 1e-5). In the
@@ -221,10 +219,8 @@ class LayerNormGRUCell(GatedCell):
         gamma_initializer: initializer of the four LN gains (`ones`).
         beta_initializer: accepted for a constructor like the other cells'; these LNs
             have no shift (`bias` is added after them).
-        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer,
-            beta_regularizer: regularizers of those weights.
-        kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint,
-            beta_constraint: constraints of those weights.
+        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer, beta_regularizer: regularizers of those weights.
+        kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint, beta_constraint: constraints of those weights.
         dropout: fraction of the input units to drop, in [0, 1). One mask per sequence.
         recurrent_dropout: fraction of the recurrent state's units to drop, in [0, 1).
         epsilon: added to the variance inside the square root (default 1e-5). In the
@@ -399,10 +395,8 @@ class LayerNormSimpleRNNCell(NormalizedCell):
         gamma_initializer: initializer of the LN gain `gamma` (`ones`).
         beta_initializer: accepted for a constructor like the other cells'; this LN has
             no shift (`bias` is added after it).
-        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer,
-            beta_regularizer: regularizers of those weights.
-        kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint,
-            beta_constraint: constraints of those weights.
+        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer, beta_regularizer: regularizers of those weights.
+        kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint, beta_constraint: constraints of those weights.
         dropout: fraction of the input units to drop, in [0, 1). One mask per sequence.
         recurrent_dropout: fraction of the recurrent state's units to drop, in [0, 1).
         epsilon: added to the variance inside the square root (default 1e-5). In the
@@ -497,6 +491,19 @@ class LayerNormLSTM(_LayerNormSequence):
     it forward only; on torch, Python loops over the same step. Elsewhere it runs as
     `RNN(LayerNormLSTMCell)`.
 
+    Args:
+        units: positive integer, dimensionality of the output space.
+        return_sequences: whether to return every step's output (default: the last one).
+        return_state: whether to return the final states as well.
+        go_backwards: whether to process the sequences backwards.
+        stateful: whether each batch's final states are the next batch's initial states.
+        unroll: whether to unroll the loop (it then runs as `RNN(LayerNormLSTMCell)`).
+        zero_output_for_mask: whether a masked step outputs zeros (default: the previous
+            output), as in `keras.layers.LSTM`.
+        **kwargs: every other argument of `LayerNormLSTMCell` (activations, initializers,
+            regularizers, constraints, dropout, `epsilon`, ...) and the layer's own
+            (`name`, `dtype`, `trainable`).
+
     Call arguments:
         sequences: a 3D tensor `(batch, timesteps, features)`.
         initial_state: optional list of initial state tensors.
@@ -537,6 +544,19 @@ class LayerNormGRU(_LayerNormSequence):
     (`keras_recnorm.recurrence`) instead of differentiating the loop, and inference runs
     it forward only; on torch, Python loops over the same step. Elsewhere it runs as
     `RNN(LayerNormGRUCell)`.
+
+    Args:
+        units: positive integer, dimensionality of the output space.
+        return_sequences: whether to return every step's output (default: the last one).
+        return_state: whether to return the final states as well.
+        go_backwards: whether to process the sequences backwards.
+        stateful: whether each batch's final states are the next batch's initial states.
+        unroll: whether to unroll the loop (it then runs as `RNN(LayerNormGRUCell)`).
+        zero_output_for_mask: whether a masked step outputs zeros (default: the previous
+            output), as in `keras.layers.GRU`.
+        **kwargs: every other argument of `LayerNormGRUCell` (activations, initializers,
+            regularizers, constraints, dropout, `epsilon`, ...) and the layer's own
+            (`name`, `dtype`, `trainable`).
 
     Call arguments:
         sequences: a 3D tensor `(batch, timesteps, features)`.

@@ -1273,7 +1273,7 @@ def test_recompute_population_statistics_runs_the_model_in_inference_mode(rng):
     batches = [rng.normal(1.0, 2.0, (B, length, D)).astype("float32") for length in (6, 3)]
     recompute_population_statistics(model, batches, verbose=0)
     normalized = keras.Model(inputs, front)
-    expected = exact_averages("lstm", weights, [to_numpy(normalized(x)) for x in batches])
+    expected = exact_averages(LSTM, weights, [to_numpy(normalized(x)) for x in batches])
     assert_moving_close(layer, expected)
     moving = {v.path for v in layer.non_trainable_variables}
     for path, value in all_values(model).items():
