@@ -199,15 +199,34 @@ def merge_moments_by_slot(moments, slots, num_slots):
         shares = ops.cast(slots, dtype)
     weights = ops.transpose(shares * count[:, None])  # (S, K): samples of step k in slot s
     slot_count = ops.sum(weights, axis=1)
-    # Chan's rule for many parts: the parts' M2 plus each part's n·δ² to the merged mean
-    # (a part: a step's samples at a slot). Σ n·δ² is taken around the steps' overall
-    # mean `center`, so that it is a difference of small numbers.
+    # Slot means, around the steps' overall mean `center` (a weighted mean of small numbers).
     center = ops.sum(count[:, None] * mean, axis=0) / ops.maximum(ops.sum(count), 1.0)
-    offset = mean - center
-    slot_offset = ops.matmul(weights, offset) / ops.maximum(slot_count, 1.0)[:, None]
-    spread = ops.matmul(weights, ops.square(offset)) - slot_count[:, None] * ops.square(slot_offset)
-    slot_m2 = ops.matmul(ops.transpose(shares), m2) + ops.maximum(spread, 0.0)
-    slot_mean = ops.where(slot_count[:, None] > 0, center + slot_offset, 0.0)
+    slot_mean = center + ops.matmul(weights, mean - center) / ops.maximum(slot_count, 1.0)[:, None]
+    # Chan's rule for many parts: the parts' M2 plus Σ_k w_sk·(m_k − c_s)², w_sk the samples
+    # of step k at slot s, c_s the slot's mean. Each step's mean is taken relative to the
+    # mean of its `home` slot (the one holding most of its samples), where it is
+    # m_k − c_s itself: a sum of small squares, exact to rounding whatever the size of
+    # the means. That is every part of a step whose samples are at one slot (every step,
+    # unless samples carry different counters). (Around one center for all slots,
+    # Σ w·δ² − n·δ̄² lost the digits of slots whose mean is far from it: drifting means.)
+    home = ops.argmax(shares, axis=1)
+    home_mean = ops.take(slot_mean, home, axis=0)  # (K, F)
+    deviation = mean - home_mean
+    spread = ops.matmul(ops.transpose(shares), m2 + count[:, None] * ops.square(deviation))
+    # The parts away from home (a step split over several slots) add 2·d·e + e², with
+    # e = home mean − c_s, expanded around `center` (float32 keeps ~6e-8·(distance of
+    # those means from the center)²·samples of it).
+    away = shares * (1.0 - ops.one_hot(home, num_slots, dtype=dtype)) * count[:, None]
+    home_offset, slot_offset = home_mean - center, slot_mean - center
+    parts = ops.concatenate(
+        [2.0 * deviation * home_offset + ops.square(home_offset), deviation + home_offset], -1
+    )
+    width = mean.shape[-1]
+    sums = ops.matmul(ops.transpose(away), parts)  # (S, 2F)
+    away_count = ops.sum(away, axis=0)[:, None]
+    spread = spread + sums[:, :width] - 2.0 * slot_offset * sums[:, width:] + away_count * ops.square(slot_offset)
+    slot_m2 = ops.maximum(spread, 0.0)
+    slot_mean = ops.where(slot_count[:, None] > 0, slot_mean, 0.0)
     return slot_count, slot_mean, slot_m2
 
 
