@@ -12,6 +12,7 @@ Usage:
 """
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -23,12 +24,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import keras_recnorm as rn  # noqa: E402
+from keras_recnorm.kinds import KINDS  # noqa: E402
 
-LAYERS = {
-    "LayerNormLSTM": (rn.LayerNormLSTM, keras.layers.LSTM, 4),
-    "LayerNormGRU": (rn.LayerNormGRU, keras.layers.GRU, 3),
-}
+# Every whole-sequence layer of the table of kinds, by class name.
+LAYERS = {kind.layer.__name__: kind for kind in KINDS if kind.layer is not None}
+# Width of the pre-activations per unit: the gates of each recurrence.
+GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
 
 
 def while_body_ops(function, *args):
@@ -72,7 +73,11 @@ def main(argv=None):
     shape = tuple(int(v) for v in args.shape.split(","))
     batch, steps, features, units = shape
     jit = args.jit_compile == "on"
-    ours, twin, gates = LAYERS[args.layer]
+    kind = LAYERS[args.layer]
+    ours = kind.layer
+    if kind.batch_norm:  # one slot of statistics per step
+        ours = functools.partial(kind.layer, max_timesteps=steps)
+    twin, gates = getattr(keras.layers, kind.keras_twin), GATES[kind.recurrence]
     x = tf.constant(np.random.default_rng(0).normal(size=shape[:3]).astype("float32"))
 
     functions = {}

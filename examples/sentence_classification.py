@@ -1,4 +1,5 @@
-"""Sentence classification with LSTM, LN-LSTM and BN-LSTM; export for serving.
+"""Sentence classification with LSTM, LN-LSTM and BN-LSTM (or any recurrent layer of
+examples/common/cells.py: GRU, LN-GRU, BN-GRU, ...); export for serving.
 
 Trains `TextVectorization → Embedding(mask_zero) → recurrent layer(s) → Dense` on a text
 classification dataset from TensorFlow Datasets (`--dataset glue/sst2`, `imdb_reviews`,
@@ -42,8 +43,9 @@ import numpy as np  # noqa: E402
 
 from examples.common import arguments, distribute, text_data, tfds_data  # noqa: E402
 from examples.common.arguments import UsageError  # noqa: E402
-from examples.common.cells import TITLES, cell_option, lookup, recurrent_layer  # noqa: E402
+from examples.common.cells import TITLES, cell_option, lookup, names, recurrent_layer  # noqa: E402
 
+# What --cell all compares; --cell takes any name of examples/common/cells.py.
 CELLS = ("lstm", "layer_norm_lstm", "batch_norm_lstm")
 
 # The devices and processes chosen with --distribute (set once, first thing in run()).
@@ -68,8 +70,8 @@ def build_parser():
     parser = arguments.ArgumentParser(
         description=(
             "Train a sentence classifier whose recurrent layer is an LSTM, a layer-normalized "
-            "LSTM or a recurrent batch-normalized LSTM, on a TensorFlow Datasets text "
-            "classification dataset or on local files; compare the cells (--cell all) and "
+            "LSTM or a recurrent batch-normalized LSTM (or GRU, ...), on a TensorFlow Datasets "
+            "text classification dataset or on local files; compare the cells (--cell all) and "
             "export the best model as a SavedModel that takes raw sentences."
         ),
         formatter_class=HelpFormatter,
@@ -117,10 +119,11 @@ def build_parser():
 
     model = parser.add_argument_group("model")
     model.add_argument("--cell", **cell_option(
-        CELLS, default="layer_norm_lstm", all_cells=True,
-        help="recurrent layer: keras.layers.LSTM, keras_recnorm.LayerNormLSTM or "
-             "keras_recnorm.BatchNormLSTM; 'all' trains the three with the same seed, data "
-             "and budget and compares them"))
+        names(), default="layer_norm_lstm", all_cells=True,
+        help="recurrent layer: lstm is keras.layers.LSTM, layer_norm_lstm "
+             "keras_recnorm.LayerNormLSTM, batch_norm_lstm keras_recnorm.BatchNormLSTM, and "
+             "likewise for the others; 'all' trains lstm, layer_norm_lstm and batch_norm_lstm "
+             "with the same seed, data and budget and compares them"))
     model.add_argument("--bidirectional", action="store_true",
                        help="wrap each recurrent layer in keras.layers.Bidirectional")
     model.add_argument("--units", type=arguments.positive_int, default=128,
@@ -134,7 +137,7 @@ def build_parser():
                             "included; adapted on the training split")
     model.add_argument("--max-length", type=arguments.positive_int, default=50,
                        help="sentences are cut or padded to this many tokens; also the "
-                            "BN-LSTM's max_timesteps")
+                            "batch-normalized layers' max_timesteps")
     model.add_argument("--dropout", type=arguments.fraction, default=0.5,
                        help="dropout rate on the embeddings and before the classifier")
 
@@ -145,22 +148,25 @@ def build_parser():
                           help="batch size")
     training.add_argument("--learning-rate", type=arguments.positive_float, metavar="RATE",
                           default=1e-3,
-                          help="Adam learning rate of the LSTM, and of the normalized "
-                               "cells unless --normalized-learning-rate is given")
+                          help="Adam learning rate of Keras's layers (lstm, gru), and of the "
+                               "normalized ones unless --normalized-learning-rate is given")
     training.add_argument("--normalized-learning-rate", type=arguments.positive_float, default=None,
                           metavar="RATE",
-                          help="Adam learning rate of the LN-LSTM and the BN-LSTM only, so that "
-                               "--cell all can give each kind of cell its own rate "
+                          help="Adam learning rate of the normalized layers (layer_norm_*, "
+                               "batch_norm_*) only, so that --cell all can give each kind of "
+                               "cell its own rate "
                                "(normalization is meant to allow larger rates); default: "
                                "--learning-rate")
     training.add_argument("--layer-norm-learning-rate", type=arguments.positive_float, default=None,
                           metavar="RATE",
-                          help="Adam learning rate of the LN-LSTM alone, when it differs from "
-                               "the BN-LSTM's; default: --normalized-learning-rate")
+                          help="Adam learning rate of the layer-normalized layers (layer_norm_*) "
+                               "alone, when it differs from the batch-normalized ones'; default: "
+                               "--normalized-learning-rate")
     training.add_argument("--batch-norm-learning-rate", type=arguments.positive_float, default=None,
                           metavar="RATE",
-                          help="Adam learning rate of the BN-LSTM alone, when it differs from "
-                               "the LN-LSTM's; default: --normalized-learning-rate")
+                          help="Adam learning rate of the batch-normalized layers (batch_norm_*) "
+                               "alone, when it differs from the layer-normalized ones'; default: "
+                               "--normalized-learning-rate")
     training.add_argument("--clip-norm", type=arguments.positive_float, default=None,
                           help="clip each gradient to this L2 norm (Cooijmans et al. clip at "
                                "1.0); default: no clipping")
@@ -399,12 +405,12 @@ def epoch_timer():
 def learning_rate_for(cell, args):
     """The most specific rate given: the cell's own, then the normalized cells', then
     --learning-rate."""
-    normalization = lookup(cell).normalization
-    own = {"layer": args.layer_norm_learning_rate,
-           "batch": args.batch_norm_learning_rate}.get(normalization)
+    family = lookup(cell).family
+    own = {"layer_norm": args.layer_norm_learning_rate,
+           "batch_norm": args.batch_norm_learning_rate}.get(family)
     if own is not None:
         return own
-    if normalization is not None and args.normalized_learning_rate is not None:
+    if family is not None and args.normalized_learning_rate is not None:
         return args.normalized_learning_rate
     return args.learning_rate
 

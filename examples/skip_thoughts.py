@@ -38,11 +38,11 @@ import keras_recnorm  # noqa: E402
 from keras_recnorm.export import export_saved_model  # noqa: E402
 from examples.common import arguments, distribute, text_data, tfds_data  # noqa: E402
 from examples.common.arguments import UsageError  # noqa: E402
-from examples.common.cells import cell_option, recurrent_layer  # noqa: E402
+from examples.common.cells import cell_option, names, recurrent_layer  # noqa: E402
 from examples.common.plotting import plot_curves  # noqa: E402
 from examples.common.sentences import build_triples, split_sentences  # noqa: E402
 
-CELLS = ("layer_norm_gru", "gru", "layer_norm_lstm", "batch_norm_lstm", "lstm")
+CELLS = names()  # every recurrent layer of examples/common/cells.py can encode
 
 # --------------------------------------------------------------------------------------------
 # Arguments
@@ -98,7 +98,8 @@ def build_parser():
                             "(default: %(default)s) [620].")
     model.add_argument("--max-length", type=arguments.positive_int, default=30,
                        help="Words kept per sentence in training (default: %(default)s) [30]; "
-                            "also the number of per-step statistics of batch_norm_lstm.")
+                            "also the number of per-step statistics of the batch-normalized "
+                            "encoders (batch_norm_*).")
 
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=arguments.positive_int, default=10,
@@ -304,9 +305,9 @@ def build_models(vocab_size, args):
     """
     embedding = keras.layers.Embedding(vocab_size + 1, args.embedding_dim, mask_zero=True,
                                        name="word_embedding")
-    # The encoder returns its final hidden state h, the thought vector. BatchNormLSTM leaves
-    # padded sentences out of its per-step statistics, which it keeps for `max_length`
-    # steps (longer sentences use the last step's).
+    # The encoder returns its final hidden state h, the thought vector. A batch-normalized
+    # layer leaves padded sentences out of its per-step statistics, which it keeps for
+    # `max_length` steps (longer sentences use the last step's).
     rnn = recurrent_layer(args.cell, args.units, max_timesteps=args.max_length,
                           name="encoder_rnn")
 

@@ -2,14 +2,15 @@
 """Turn a trained Keras model (.keras) into a versioned SavedModel for TensorFlow Serving.
 
     python export/export_model.py MODEL.keras BASE_DIR [--version N] [--overwrite] [--onnx PATH]
-        [--litert PATH [--batch-size N] [--sequence-length T]]
+        [--litert PATH [--batch-size N] [--sequence-length T]] [--streaming]
 
 Writes BASE_DIR/<version>/ (saved_model.pb, variables/, assets/), the layout TensorFlow
 Serving watches, with the signature `serving_default`: input "inputs", output "outputs".
 The export is checked in a fresh process in which keras_recnorm can't be imported, against
 model.predict, before it appears under its version number. Optionally also an ONNX file
 and a LiteRT (.tflite) file with built-in ops only (fixed batch size and sequence length).
-See export/README.md.
+With --streaming, both exports run the model chunk by chunk, the recurrent states in and
+out (docs/streaming.md). See export/README.md.
 """
 
 import argparse
@@ -117,7 +118,16 @@ def parse_args(argv):
         default=None,
         metavar="T",
         help="the LiteRT file's fixed number of time steps (default: the model's own; "
-        "required when its time dimension is dynamic). Pad shorter inputs to T.",
+        "required when its time dimension is dynamic; with --streaming, the chunk length, "
+        "default 1). Pad shorter inputs to T.",
+    )
+    parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="export the streaming model (keras_recnorm.streaming.to_streaming): the "
+        "SavedModel takes a chunk of time steps and the recurrent states (inputs, state_0, "
+        "state_1, ...) and returns outputs and the next states; --litert writes it for a "
+        "fixed chunk of --sequence-length steps (default 1). Not with --onnx.",
     )
     parser.add_argument(
         "--no-verify",
@@ -162,7 +172,35 @@ def check_paths(args):
         return f"ONNX file {args.onnx} already exists; pass --overwrite to replace it"
     if args.litert is not None and os.path.exists(args.litert) and not args.overwrite:
         return f"LiteRT file {args.litert} already exists; pass --overwrite to replace it"
+    if args.streaming and args.onnx is not None:
+        return "--onnx: a streaming model can't be exported to ONNX; export without --onnx"
     return None
+
+
+def streaming_model(model):
+    """`(the streaming model, None)`, or `(None, a message)` when it can't be made."""
+    from keras_recnorm.streaming import to_streaming
+
+    try:
+        return to_streaming(model), None
+    except ValueError as error:
+        return None, f"--streaming: {one_line(error)}"
+
+
+def input_spec(model, args):
+    """The TensorSpec of the input "inputs" of the export's signature."""
+    from keras_recnorm import export
+
+    if args.streaming:
+        return export.streaming_input_specs(model)[0]
+    return export.serving_input_spec(model)
+
+
+def states_text(model):
+    """The states of a streaming model's signature, e.g. "state_0..state_2 (h, c, step)"."""
+    layout = model.state_layout
+    names = ", ".join(f"{s.layer}/{s.name}" for s in layout)
+    return f"state_0..state_{len(layout) - 1} ({names})"
 
 
 def main(argv=None):
@@ -185,8 +223,12 @@ def main(argv=None):
         model = keras.saving.load_model(args.model, compile=False)
     except Exception as error:
         return fail(f"cannot load model file {args.model}: {one_line(error)}")
+    if args.streaming:
+        model, problem = streaming_model(model)
+        if problem:
+            return fail(problem)
     try:
-        spec = export.serving_input_spec(model)
+        spec = input_spec(model, args)
     except ValueError as error:
         return fail(f"cannot export {args.model}: {one_line(error)}")
     if args.onnx is not None:
@@ -205,20 +247,26 @@ def main(argv=None):
                 "--litert: this model takes raw strings (it starts with TextVectorization), "
                 "which LiteRT's built-in ops can't express; export without --litert"
             )
-        if len(spec.shape) >= 2 and spec.shape[1] is None and args.sequence_length is None:
+        dynamic = len(spec.shape) >= 2 and spec.shape[1] is None
+        if dynamic and args.sequence_length is None and not args.streaming:
             return fail(
                 "--litert: the model's time dimension is dynamic and a LiteRT file's is "
                 "fixed: pass --sequence-length T"
             )
+        try:
+            export._check_litert_dtypes(model)
+        except ValueError as error:
+            return fail(f"--litert: {one_line(error)}")
 
     # Export. All or nothing: the ONNX and LiteRT files are written aside first and moved
     # into place only once the SavedModel is in place too.
     verify = not args.no_verify
     side_files = {}  # final path -> (format, its path in a staging directory)
-    staging_dirs = []
+    staging_dirs, created_dirs = [], []
     for what, target in (("ONNX", args.onnx), ("LiteRT", args.litert)):
         if target is not None:
             final = os.path.abspath(target)
+            created_dirs += export._missing_directories(os.path.dirname(final))
             os.makedirs(os.path.dirname(final), exist_ok=True)
             staging_dirs.append(tempfile.mkdtemp(prefix=".partial-", dir=os.path.dirname(final)))
             side_files[final] = (what, os.path.join(staging_dirs[-1], os.path.basename(final)))
@@ -252,11 +300,19 @@ def main(argv=None):
     finally:
         for directory in staging_dirs:
             shutil.rmtree(directory, ignore_errors=True)
+        # Directories made for the side files, if the export left them empty.
+        for directory in sorted(created_dirs, key=len, reverse=True):  # deepest first
+            try:
+                os.rmdir(directory)
+            except OSError:  # it holds a file
+                pass
 
     shape = [-1 if d is None else d for d in spec.shape]
+    inputs, outputs = f"{export.INPUT_NAME} {spec.dtype.name} {shape}", export.OUTPUT_NAME
+    if args.streaming:
+        inputs, outputs = (f"{text}, {states_text(model)}" for text in (inputs, outputs))
     report = [
-        f"SavedModel: {path}  (signature serving_default: {export.INPUT_NAME} "
-        f"{spec.dtype.name} {shape} -> {export.OUTPUT_NAME}"
+        f"SavedModel: {path}  (signature serving_default: {inputs} -> {outputs}"
         f"{', checked in a fresh process' if verify else ''})"
     ]
     checked = {"ONNX": "checked with onnxruntime", "LiteRT": "checked in the LiteRT interpreter"}

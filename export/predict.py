@@ -3,16 +3,21 @@
 
     python export/predict.py EXPORT_DIR --json '{"instances": ["a fine film", "dull"]}'
     python export/predict.py EXPORT_DIR --file request.json
+    python export/predict.py STREAMING_EXPORT_DIR --file request.json --chunk-length 1
 
 The request and the answer are those of TF Serving's REST predict API
 (POST /v1/models/<name>:predict): the row format {"instances": [...]} answers
 {"predictions": [...]}, the columnar format {"inputs": ...} answers {"outputs": ...}.
-Uses only TensorFlow: neither Keras nor keras_recnorm is imported.
+With --chunk-length, a streaming export (`export_model.py --streaming`) is sent the
+request's whole sequences a chunk at a time, the states carried from call to call as a
+client of TF Serving would carry them. Uses only TensorFlow: neither Keras nor
+keras_recnorm is imported.
 """
 
 import argparse
 import base64
 import json
+import math
 import os
 import re
 import sys
@@ -31,6 +36,16 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
 class BadRequest(Exception):
     """Bad input: reported as one line on stderr, exit status 2."""
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def parse_args(argv):
@@ -67,6 +82,17 @@ def parse_args(argv):
         default=None,
         help="the signature to call (default: the request's \"signature_name\", or "
         "serving_default)",
+    )
+    parser.add_argument(
+        "--chunk-length",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="stream the request through a streaming export (its signature takes inputs, "
+        "state_0, state_1, ...): K time steps per call, from zero states (or the states the "
+        "request gives), carrying the states between calls; the answer holds the outputs "
+        "of every chunk (per-step outputs joined along time, else the last chunk's) and "
+        "the final states",
     )
     return parser.parse_args(argv)
 
@@ -160,7 +186,8 @@ def to_array(value, spec, where):
     if dtype.name == "string":
         value = _decode_strings(value)
     try:
-        array = np.array(value, dtype=object if dtype.name == "string" else dtype.as_numpy_dtype)
+        with np.errstate(over="ignore"):  # an overflow is refused below, in one line
+            array = np.array(value, dtype=object if dtype.name == "string" else dtype.as_numpy_dtype)
     except ValueError:
         raise BadRequest(
             f"{where} has rows of different lengths; pad them to one length "
@@ -168,6 +195,8 @@ def to_array(value, spec, where):
         )
     except OverflowError:
         raise BadRequest(f"{where} holds a number out of the range of {dtype.name}")
+    if dtype.is_floating and not np.isfinite(array).all():
+        _refuse_overflow(value, dtype, where)
     if array.ndim != len(spec.shape):
         raise BadRequest(
             f"input {spec.name!r} expects rank {len(spec.shape)} (shape "
@@ -181,6 +210,21 @@ def to_array(value, spec, where):
                 f"{_shape_text(spec.shape)}), got shape {list(array.shape)} in {where}"
             )
     return array
+
+
+def _refuse_overflow(value, dtype, where):
+    """A finite request number that the input dtype can't hold would be served as inf:
+    names the first one. (NaN and Infinity, which JSON parsers accept, pass as given.)"""
+    import numpy as np
+
+    for path, leaf in _leaves(value, where):
+        with np.errstate(over="ignore"):
+            overflows = math.isfinite(leaf) and not np.isfinite(np.asarray(leaf, dtype.as_numpy_dtype))
+        if overflows:
+            raise BadRequest(
+                f"{path} = {json.dumps(leaf)} is out of the range of {dtype.name} (at most "
+                f"{dtype.max:.7g} in magnitude); scale the input as the model was trained"
+            )
 
 
 def _decode_strings(value):
@@ -284,6 +328,69 @@ def op_message(error):
     return messages[0] + (f" (at node {node.group(1)})" if node else "")
 
 
+def call_signature(signature, arrays):
+    """The signature's outputs (NumPy arrays) on the request's arrays."""
+    tf = import_tensorflow_quietly()
+    try:
+        outputs = signature(**{name: tf.constant(a) for name, a in arrays.items()})
+    except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
+        raise BadRequest(f"the model rejected the request: {op_message(error)}")
+    return {name: value.numpy() for name, value in outputs.items()}
+
+
+# ---------------------------------------------------------------------------- streaming
+
+
+STATE_PREFIX = "state_"
+
+
+def state_names(specs):
+    """A streaming signature's state inputs, in order (state_0, state_1, ...)."""
+    names = [n for n in specs if n.startswith(STATE_PREFIX) and n[len(STATE_PREFIX):].isdigit()]
+    return sorted(names, key=lambda n: int(n[len(STATE_PREFIX):]))
+
+
+def stream_request(signature, specs, request, request_format, chunk_length):
+    """Runs the request's whole sequences through a streaming signature, `chunk_length`
+    steps per call, carrying the states; returns the outputs and the final states."""
+    import numpy as np
+
+    states = state_names(specs)
+    if "inputs" not in specs or not states:
+        raise BadRequest(
+            "--chunk-length needs a streaming export (export_model.py --streaming), whose "
+            f"signature takes inputs, state_0, state_1, ...; this one takes {sorted(specs)}"
+        )
+    given = request["instances"][0] if request_format == "instances" else request["inputs"]
+    with_states = isinstance(given, dict) and not _is_b64(given) and STATE_PREFIX + "0" in given
+    wanted = specs if with_states else {"inputs": specs["inputs"]}
+    sequences = given.get("inputs") if with_states else given
+    if specs["inputs"].dtype.is_integer and any(
+        isinstance(leaf, str) for _, leaf in _leaves(sequences, "")
+    ):
+        raise BadRequest(
+            "a streaming export takes token ids, not text (its model starts after "
+            "TextVectorization): tokenize the text first"
+        )
+    arrays = request_tensors(request, request_format, wanted)
+    sequences = arrays.pop("inputs")
+    if sequences.ndim < 2 or sequences.shape[1] == 0:
+        raise BadRequest("the request's inputs have no time axis to stream over (batch, time, ...)")
+    for name in states:
+        if name not in arrays:  # zeros: the states before a sequence's first step
+            spec = specs[name]
+            arrays[name] = np.zeros((len(sequences), *spec.shape[1:]), spec.dtype.as_numpy_dtype)
+    pieces = []
+    for start in range(0, sequences.shape[1], chunk_length):
+        outputs = call_signature(
+            signature, {"inputs": sequences[:, start : start + chunk_length], **arrays}
+        )
+        pieces.append(outputs.pop("outputs"))
+        arrays = {name: outputs[name] for name in states}
+    joined = np.concatenate(pieces, axis=1) if pieces[0].ndim >= 3 else pieces[-1]
+    return {"outputs": joined, **arrays}
+
+
 def main(argv=None):
     # Arguments and request: checked before TensorFlow starts (seconds).
     args = parse_args(argv)
@@ -311,19 +418,19 @@ def main(argv=None):
             )
         signature = loaded.signatures[signature_name]
         specs = signature.structured_input_signature[1]
-        arrays = request_tensors(request, request_format, specs)
 
         # Prediction.
-        try:
-            outputs = signature(**{name: tf.constant(a) for name, a in arrays.items()})
-        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
-            raise BadRequest(f"the model rejected the request: {op_message(error)}")
+        if args.chunk_length is not None:
+            outputs = stream_request(signature, specs, request, request_format, args.chunk_length)
+        else:
+            arrays = request_tensors(request, request_format, specs)
+            outputs = call_signature(signature, arrays)
     except BadRequest as error:
         print(f"predict.py: error: {error}", file=sys.stderr)
         return 2
 
     # Answer.
-    response = make_response({k: v.numpy() for k, v in outputs.items()}, request_format)
+    response = make_response(outputs, request_format)
     print(json.dumps(response))
     return 0
 

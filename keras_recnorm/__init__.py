@@ -4,6 +4,9 @@ Layer normalization (Ba, Kiros & Hinton 2016) and recurrent batch normalization 
 per-time-step statistics (Cooijmans et al. 2016), as cells for `keras.layers.RNN`.
 """
 
+# Imported so that their classes are registered for `.keras` loading (the Addons-compatible
+# cells, a streaming model's layers).
+from keras_recnorm import addons, streaming  # noqa: F401
 from keras_recnorm.batch_norm import (
     BatchNormGRU,
     BatchNormGRUCell,

@@ -158,7 +158,10 @@ class BatchNormCell(NormalizedCell):
 
     def uses_batch_statistics(self, training):
         # As keras.layers.BatchNormalization: a frozen layer always runs in inference mode.
-        return bool(training) and self.trainable
+        # `recompute_population_statistics` runs the model in inference mode (dropout off,
+        # other layers as at inference) and has the cells gather batch statistics.
+        gathering = self.statistics_accumulator is not None
+        return (bool(training) or gathering) and self.trainable
 
     def standardize(self, x, mask, population):
         """`(x̂, rstd, mean, variance)` of one step's term `x (B, F)`: with the batch's
@@ -378,9 +381,7 @@ class BatchNormLSTMCell(BatchNormCell, GatedCell):
         beta_initializer: initializer of β (default `zeros`).
         moving_mean_initializer, moving_variance_initializer: initial population
             statistics (`zeros`, `ones`).
-        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer,
-            beta_regularizer, kernel_constraint, recurrent_constraint, bias_constraint,
-            gamma_constraint, beta_constraint: as in Keras.
+        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer, beta_regularizer, kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint, beta_constraint: as in Keras.
         dropout: fraction of the input units to drop, in [0, 1). One mask per sequence.
         recurrent_dropout: fraction of the recurrent state's units to drop, in [0, 1).
         epsilon: added to the variance inside the square root (default 1e-5).
@@ -550,9 +551,7 @@ class BatchNormGRUCell(BatchNormCell, GatedCell):
         beta_initializer: initializer of β (default `zeros`).
         moving_mean_initializer, moving_variance_initializer: initial population
             statistics (`zeros`, `ones`).
-        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer,
-            beta_regularizer, kernel_constraint, recurrent_constraint, bias_constraint,
-            gamma_constraint, beta_constraint: as in Keras.
+        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer, beta_regularizer, kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint, beta_constraint: as in Keras.
         dropout: fraction of the input units to drop, in [0, 1). One mask per sequence.
         recurrent_dropout: fraction of the recurrent state's units to drop, in [0, 1).
         epsilon: added to the variance inside the square root (default 1e-5).
@@ -670,8 +669,11 @@ class BatchNormSimpleRNNCell(BatchNormCell):
             Step t uses slot `min(t, max_timesteps - 1)`: longer sequences work and
             share the last slot.
         momentum: momentum of the moving averages of the statistics, in [0, 1)
-            (default 0.95, the reference implementation's update rate 0.05); how a step
-            that only some samples reach moves them: `BatchNormLSTMCell`.
+            (default 0.95, the reference implementation's update rate 0.05). A step
+            that all N samples of a batch reach moves its slot's mean by
+            `1 − momentum`; one that k of them reach, by `k / (k + N·momentum /
+            (1 − momentum))` (every sample weighs the same), and the variance moves to
+            the merged variance of old and new samples (docs/batch_norm_statistics.md).
         activation: activation of the output (default `tanh`).
         use_bias: whether to add `bias`, the shift of the normalized terms.
         kernel_initializer, recurrent_initializer, bias_initializer: initializers of
@@ -682,15 +684,21 @@ class BatchNormSimpleRNNCell(BatchNormCell):
             only shift is `bias`.
         moving_mean_initializer, moving_variance_initializer: initial population
             statistics (`zeros`, `ones`).
-        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer,
-            beta_regularizer, kernel_constraint, recurrent_constraint, bias_constraint,
-            gamma_constraint, beta_constraint: as in Keras.
+        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer, beta_regularizer, kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint, beta_constraint: as in Keras.
         dropout: fraction of the input units to drop, in [0, 1). One mask per sequence.
         recurrent_dropout: fraction of the recurrent state's units to drop, in [0, 1).
         epsilon: added to the variance inside the square root (default 1e-5).
         seed: random seed of the dropout masks.
-        synchronized: as in `keras.layers.BatchNormalization`; under a `tf.distribute`
-            strategy, as for `BatchNormLSTMCell`.
+        synchronized: as in `keras.layers.BatchNormalization`. Under a
+            `tf.distribute` strategy with several replicas, `True` normalizes the input
+            term in training with the global batch's statistics (all-reduced before the
+            loop); the recurrent and cell terms, computed inside the loop, always use each
+            replica's own samples. The population statistics of the whole-sequence
+            layers are the global batch's either way; a cell inside
+            `keras.layers.RNN` can't train under several replicas (it raises, pointing
+            to those layers). No effect on JAX `keras.distribution` (statistics are
+            global by construction) or without a strategy. See
+            docs/distributed_training.md.
 
     Call arguments:
         inputs: a 2D tensor `(batch, features)`, the input at one time step.
@@ -1084,6 +1092,21 @@ class BatchNormLSTM(_BatchNormSequence):
     `return_state=True` also returns the step counter (last state), in float32 under
     every dtype policy (so it counts exactly past 256 steps under `mixed_bfloat16`).
 
+    Args:
+        units: positive integer, dimensionality of the output space.
+        max_timesteps: positive integer, the number of per-step statistics slots (see
+            `BatchNormLSTMCell`).
+        return_sequences: whether to return every step's output (default: the last one).
+        return_state: whether to return the final states as well.
+        go_backwards: whether to process the sequences backwards.
+        stateful: whether each batch's final states are the next batch's initial states.
+        unroll: whether to unroll the loop (it then runs as `RNN(BatchNormLSTMCell)`).
+        zero_output_for_mask: whether a masked step outputs zeros (default: the previous
+            output), as in `keras.layers.LSTM`.
+        **kwargs: every other argument of `BatchNormLSTMCell` (activations, initializers,
+            regularizers, constraints, dropout, `epsilon`, ...) and the layer's own
+            (`name`, `dtype`, `trainable`).
+
     Call arguments:
         sequences: a 3D tensor `(batch, timesteps, features)`.
         initial_state: optional list of initial states, `[h, c, step]`; without `step`, as
@@ -1145,6 +1168,21 @@ class BatchNormGRU(_BatchNormSequence):
     `return_state=True` also returns the step counter (last state), in float32 under
     every dtype policy (so it counts exactly past 256 steps under `mixed_bfloat16`).
 
+    Args:
+        units: positive integer, dimensionality of the output space.
+        max_timesteps: positive integer, the number of per-step statistics slots (see
+            `BatchNormLSTMCell`).
+        return_sequences: whether to return every step's output (default: the last one).
+        return_state: whether to return the final states as well.
+        go_backwards: whether to process the sequences backwards.
+        stateful: whether each batch's final states are the next batch's initial states.
+        unroll: whether to unroll the loop (it then runs as `RNN(BatchNormGRUCell)`).
+        zero_output_for_mask: whether a masked step outputs zeros (default: the previous
+            output), as in `keras.layers.GRU`.
+        **kwargs: every other argument of `BatchNormGRUCell` (activations, initializers,
+            regularizers, constraints, dropout, `epsilon`, ...) and the layer's own
+            (`name`, `dtype`, `trainable`).
+
     Call arguments:
         sequences: a 3D tensor `(batch, timesteps, features)`.
         initial_state: optional list of initial states, `[h, step]`; without `step`, as
@@ -1179,17 +1217,53 @@ class BatchNormSimpleRNN(_BatchNormSequence):
     `max_timesteps` first), plus `return_sequences`, `return_state`, `go_backwards`,
     `stateful`, `unroll` and `zero_output_for_mask`. Same weights (same names) and, for
     unpadded input, the same outputs as `keras.layers.RNN(BatchNormSimpleRNNCell(...))`.
-    Beyond the cell, as `BatchNormLSTM`: padding-aware statistics (each step's batch
-    statistics over the samples that are real at that step, counted per sample over its
-    own real steps), one update of the population statistics per batch after the loop
-    (JAX included), and the loops with the step's hand-written derivative (TensorFlow,
-    JAX; a Python loop on torch) and forward only at inference, with the default `tanh`
-    in float32 or float64. `return_state=True` also returns the step counter, in float32.
+    Beyond the cell:
+
+    - **padding-aware statistics**: at every step, the batch mean and variance are taken
+      over the samples that are not padding at that step (mask from
+      `Embedding(mask_zero=True)`, `Masking` or `mask=`); a step where every sample is
+      padding changes no statistic;
+    - **one update per batch**: population statistics move once per batch, after the
+      loop, on every backend (JAX included) and with no double move of slot 0;
+    - **speed**: in training, `x·kernel` is computed for all steps before the loop,
+      and (TensorFlow or JAX, the default `tanh`, float32 or float64) the loop
+      normalizes it and runs the cell's step with their hand-written derivative
+      (`keras_recnorm.recurrence`; on torch a Python loop that autograd
+      differentiates). At inference (same backends and dtypes) a forward-only loop
+      reads each sample's population statistics; elsewhere (half precision, another
+      activation, `unroll`) it runs as `RNN(BatchNormSimpleRNNCell)`.
+
+    Steps are counted per sample, over its real steps only: the statistics of slot t come
+    from every sample's t-th real step, and at inference each sample reads the slots of
+    its own steps, so left- or right-padded and backward sequences are all normalized as
+    their unpadded selves would be. A step that few samples of a batch reach (one long
+    sentence among short ones) is normalized in training with those few samples'
+    statistics (the paper's definition; one sample: variance 0, the term becomes β), and
+    moves the population statistics in proportion to its sample count, towards the
+    variance across all the samples that reached it (docs/batch_norm_statistics.md).
+    `return_state=True` also returns the step counter (last state), in float32 under
+    every dtype policy (so it counts exactly past 256 steps under `mixed_bfloat16`).
+
+    Args:
+        units: positive integer, dimensionality of the output space.
+        max_timesteps: positive integer, the number of per-step statistics slots (see
+            `BatchNormLSTMCell`).
+        return_sequences: whether to return every step's output (default: the last one).
+        return_state: whether to return the final states as well.
+        go_backwards: whether to process the sequences backwards.
+        stateful: whether each batch's final states are the next batch's initial states.
+        unroll: whether to unroll the loop (it then runs as `RNN(BatchNormSimpleRNNCell)`).
+        zero_output_for_mask: whether a masked step outputs zeros (default: the previous
+            output), as in `keras.layers.SimpleRNN`.
+        **kwargs: every other argument of `BatchNormSimpleRNNCell` (activation,
+            initializers, regularizers, constraints, dropout, `epsilon`, ...) and the
+            layer's own (`name`, `dtype`, `trainable`).
 
     Call arguments:
         sequences: a 3D tensor `(batch, timesteps, features)`.
         initial_state: optional list of initial states, `[h, step]`; without `step`, as
-            `keras.layers.SimpleRNN` takes them, the step counter starts at 0.
+            `keras.layers.SimpleRNN` takes them, the step counter starts at 0. E.g. a noisy
+            `h` for the paper's sequential MNIST.
         mask: optional boolean `(batch, timesteps)`.
         training: batch statistics and statistics updates (`fit`), or population
             statistics (`predict`, `evaluate`, export).
@@ -1264,20 +1338,41 @@ class _MergedStatistics:
                 variable.assign(np.where(reached, value, old).astype("float32"))
 
 
+def _saved_variables(model):
+    """`[(variable, copy of its value)]` for every non-trainable variable of `model` and
+    every state of its stateful layers (Keras keeps those apart): what a pass over the
+    model could move besides the trainable weights. Copies: a torch variable is assigned
+    in place."""
+    variables = list(model.non_trainable_variables)
+    for layer in model._flatten_layers():
+        if getattr(layer, "stateful", False) and getattr(layer, "states", None) is not None:
+            variables += keras.tree.flatten(layer.states)
+    unique = {id(v): v for v in variables if isinstance(v, keras.Variable)}
+    return [(v, np.array(ops.convert_to_numpy(v), copy=True)) for v in unique.values()]
+
+
 def recompute_population_statistics(model, dataset, steps=None, verbose=1):
     """Sets every batch-normalized cell's population statistics to the statistics of all
     the samples of `dataset`.
 
     The paper's alternative to moving averages (Cooijmans et al. 2016, sec. 4): run the
-    model in training mode over `steps` batches and set each slot's population mean and
-    variance to those of every sample that reached that step, in every batch: each batch's
-    `(count, mean, M2)` per step is merged per slot (`merge_moments`, count-weighted), so a
-    slot that one sample per batch reaches gets the variance across those samples. Slots
-    come from each cell's own step counter (whatever layers come before it); slots no
-    batch reached keep their statistics. Nothing is written until every batch has run:
-    an exception (even `KeyboardInterrupt`) leaves the previous statistics as they were.
-    Trainable weights are left untouched; dropout is active while the statistics are
-    gathered, as at training time. Shows a progress bar.
+    model over `steps` batches and set each slot's population mean and variance to those
+    of every sample that reached that step, in every batch: each batch's `(count, mean,
+    M2)` per step is merged per slot (`merge_moments`, count-weighted), so a slot that one
+    sample per batch reaches gets the variance across those samples. Slots come from each
+    cell's own step counter (whatever layers come before it); slots no batch reached keep
+    their statistics. Shows a progress bar.
+
+    The model runs in inference mode, as it will be used with these statistics: dropout
+    is off, and every other layer computes as at inference (a
+    `keras.layers.BatchNormalization` with its own moving statistics, which it does not
+    move); only the batch-normalized cells normalize with each batch's statistics, to
+    gather them. A stateful layer starts from its current states and carries them from
+    batch to batch, as `fit` would. Only the cells' population statistics change: every
+    other non-trainable variable (other layers' statistics, dropout seeds) and every
+    stateful layer's states are restored afterwards, and nothing is written until every
+    batch has run: an exception (even `KeyboardInterrupt`) leaves the model exactly as
+    it was.
 
     Runs eagerly, so it works with cells in `keras.layers.RNN` on TensorFlow and with the
     whole-sequence layers on every backend. A cell inside `keras.layers.RNN` never sees the
@@ -1313,6 +1408,7 @@ def recompute_population_statistics(model, dataset, steps=None, verbose=1):
     if steps is not None:
         check_positive_int("steps", steps)
     merged = _MergedStatistics()
+    saved = _saved_variables(model)
     for cell in cells:
         cell.statistics_accumulator = merged
     progress = keras.utils.Progbar(steps, unit_name="batch", verbose=verbose)
@@ -1322,13 +1418,16 @@ def recompute_population_statistics(model, dataset, steps=None, verbose=1):
             if steps is not None and used >= steps:
                 break
             inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(inputs, training=True)
+            # Inference mode; the cells gather batch statistics (`uses_batch_statistics`).
+            model(inputs, training=False)
             merged.end_batch()
             used += 1
             progress.update(used)
     finally:
         for cell in cells:
             cell.statistics_accumulator = None
+        for variable, value in saved:
+            variable.assign(value)
     if used == 0:
         raise ValueError("recompute_population_statistics: `dataset` gave no batch.")
     merged.write()

@@ -1,6 +1,6 @@
 """The Keras internals keras_recnorm needs, in one place.
 
-Keras's public API has no equivalent for these two, so they are imported from
+Keras's public API has no equivalent for these, so they are imported from
 `keras.src` here and nowhere else; `tests/test_compat.py` checks each of them on the
 oldest (`.ci/oldest.txt`) and the newest supported Keras, so a Keras release that moves one
 fails there first.
@@ -8,8 +8,12 @@ fails there first.
 - `DropoutRNNCell`: `keras.layers.RNN` prepares and resets a cell's dropout masks only when
   the cell is an instance of this class, so our cells must subclass the class itself.
 - `patch_tf2onnx`: Keras's fix of tf2onnx for NumPy 2, applied by Keras's own ONNX export.
+- `is_functional`, `run_through_graph`: whether a model is functional, and its layer calls in order, on new inputs, as
+  `keras.models.clone_model` walks them; its public `call_function` can't add inputs (the
+  states of `keras_recnorm.streaming`).
 """
 
+import keras
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell  # noqa: F401
 
 
@@ -22,3 +26,17 @@ def patch_tf2onnx():
         return False
     patch()
     return True
+
+
+def is_functional(model):
+    """Whether `model` is a functional model (`keras.Model(inputs, outputs)`, not a
+    `Sequential` nor a subclassed model)."""
+    from keras.src.models.functional import Functional
+
+    return isinstance(model, Functional) and not isinstance(model, keras.Sequential)
+
+
+def run_through_graph(model, inputs, call):
+    """Runs a functional model's graph on `inputs` (one tensor per model input), calling
+    `call(layer, *args, **kwargs)` at each layer call in order; returns the new outputs."""
+    return model._run_through_graph(inputs, operation_fn=lambda layer: layer, call_fn=call)

@@ -16,6 +16,11 @@ The serving signature, the same in both formats:
 The SavedModel exposes this signature as `serving_default` (what TensorFlow Serving calls
 when a request names none) and as `serve`.
 
+A streaming model (`keras_recnorm.streaming.to_streaming`) is exported with its states:
+inputs `"inputs"` (a chunk of time steps), `"state_0"`, `"state_1"`, ... and outputs
+`"outputs"`, `"state_0"`, `"state_1"`, ... (the next states), each state `(batch, size)`;
+half-precision states travel as float32 (docs/streaming.md).
+
 Example:
 
 ```python
@@ -38,7 +43,7 @@ import warnings
 import keras
 import numpy as np
 
-from keras_recnorm import compat
+from keras_recnorm import compat, streaming
 from keras_recnorm.base import check_positive_int
 
 INPUT_NAME = "inputs"
@@ -64,6 +69,7 @@ __all__ = [
     "export_onnx",
     "export_litert",
     "serving_input_spec",
+    "streaming_input_specs",
     "next_version",
 ]
 
@@ -164,7 +170,7 @@ def _write_saved_model(model, serve, directory):
     archive = keras.export.ExportArchive()
     archive.track(model)
     # The first endpoint is also written as `serving_default`, the one TF Serving uses.
-    archive.add_endpoint(ENDPOINT_NAME, serve, input_signature=[serve.input_signature[0]])
+    archive.add_endpoint(ENDPOINT_NAME, serve, input_signature=list(serve.input_signature))
     with _quiet_tf_logs(tf):
         archive.write_out(directory, verbose=False)
 
@@ -192,6 +198,7 @@ def _staged_file(path, suffix):
     """Yields a new file beside `path` to write and check; it becomes `path` only if the
     block succeeds, and is removed otherwise: no half-written file at `path`, ever."""
     parent = os.path.dirname(path)
+    created = _missing_directories(parent)
     os.makedirs(parent, exist_ok=True)
     handle, staging = tempfile.mkstemp(
         prefix=f".{os.path.basename(path)}.partial-", suffix=suffix, dir=parent
@@ -203,7 +210,19 @@ def _staged_file(path, suffix):
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(staging)
+        for directory in created:  # deepest first; only if still empty
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
         raise
+
+
+def _missing_directories(directory):
+    """The directories that `os.makedirs(directory)` would create, deepest first."""
+    missing = []
+    while directory and not os.path.exists(directory):
+        missing.append(directory)
+        directory = os.path.dirname(directory)
+    return missing
 
 
 # ----------------------------------------------------------------------------- versions
@@ -353,6 +372,9 @@ def _as_probe_list(probe, model, spec):
 
 def _reference_outputs(model, batch):
     """`model.predict` on a probe batch, as a dict of named NumPy arrays."""
+    if isinstance(batch, dict):  # a streaming model's inputs by name, in its order
+        outputs = _streaming_named_outputs(model.predict(list(batch.values()), verbose=0))
+        return {name: np.asarray(v).astype(_wire_dtype(v.dtype)) for name, v in outputs.items()}
     x = batch
     if batch.dtype.kind == "U":
         # `predict` takes strings as a 1-D object array only (Keras 3.15 rejects NumPy
@@ -424,12 +446,15 @@ with open(sys.argv[1]) as f:
     jobs = json.load(f)
 for job in jobs:
     serve = tf.saved_model.load(job["export_dir"]).signatures[job["signature"]]
-    results = {}
+    inputs = {}
     with np.load(job["probes"]) as probes:
-        for probe_name in probes.files:
-            outputs = serve(**{job["input"]: tf.constant(probes[probe_name])})
-            for name, value in outputs.items():
-                results[probe_name + "/" + name] = value.numpy()
+        for key in probes.files:
+            probe_name, input_name = key.split("/", 1)
+            inputs.setdefault(probe_name, {})[input_name] = tf.constant(probes[key])
+    results = {}
+    for probe_name, probe in inputs.items():
+        for name, value in serve(**probe).items():
+            results[probe_name + "/" + name] = value.numpy()
     np.savez(job["served"], **results)
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("keras_recnorm", "keras"))
 if loaded:
@@ -446,12 +471,18 @@ def _start_serving_process(jobs, workdir):
     manifest = []
     for i, (export_dir, probes) in enumerate(jobs):
         probe_file = os.path.join(workdir, f"probes_{i}.npz")
-        np.savez(probe_file, **{f"probe_{j}": p for j, p in enumerate(probes)})
+        np.savez(
+            probe_file,
+            **{
+                f"probe_{j}/{name}": value
+                for j, p in enumerate(probes)
+                for name, value in (p.items() if isinstance(p, dict) else [(INPUT_NAME, p)])
+            },
+        )
         manifest.append(
             {
                 "export_dir": os.path.abspath(export_dir),
                 "signature": SIGNATURE_NAME,
-                "input": INPUT_NAME,
                 "probes": probe_file,
                 "served": os.path.join(workdir, f"served_{i}.npz"),
             }
@@ -549,7 +580,9 @@ def export_saved_model(
     and renamed to `<version>` only once complete (and verified); any failure removes it.
 
     Args:
-        model: a built Keras model with one input (TensorFlow backend).
+        model: a built Keras model with one input (TensorFlow backend), or a streaming
+            model (`keras_recnorm.streaming.to_streaming`), whose signature also takes and
+            returns the states (module docstring).
         base_dir: the model's directory (created if missing); one subdirectory per version.
         version: positive integer; `None` (default) means one more than the largest integer
             version already in `base_dir` (1 if none).
@@ -562,7 +595,9 @@ def export_saved_model(
         probe: optional probe input for `verify`: one batch (an array, or nested lists
             such as a list of sentences), or a list of arrays, one per batch. By default,
             two batches are made from the model's input spec (and its `TextVectorization`
-            vocabulary, or its `Embedding` size).
+            vocabulary, or its `Embedding` size). A streaming model's batch is
+            `[chunk, *states]`; by default two chunks, the second from the states the
+            first leaves.
 
     Returns:
         The absolute path of the version directory, a `str`.
@@ -575,7 +610,8 @@ def export_saved_model(
     ```
     """
     _require_tensorflow_backend("export_saved_model")
-    spec = serving_input_spec(model)
+    streamed = streaming.is_streaming(model)
+    specs = streaming_input_specs(model) if streamed else [serving_input_spec(model)]
     base_dir = os.path.abspath(os.fspath(base_dir))
     if os.path.exists(base_dir) and not os.path.isdir(base_dir):
         raise NotADirectoryError(f"`base_dir` {base_dir} exists and is not a directory.")
@@ -585,8 +621,12 @@ def export_saved_model(
         raise FileExistsError(
             f"Version directory {target} already exists; pass overwrite=True to replace it."
         )
-    probes = _as_probe_list(probe, model, spec) if verify else None
-    serve = _serving_function(model, spec)
+    if streamed:
+        probes = _streaming_probes(probe, model, specs) if verify else None
+        serve = _streaming_serving_function(model, specs)
+    else:
+        probes = _as_probe_list(probe, model, specs[0]) if verify else None
+        serve = _serving_function(model, specs[0])
 
     created_base = not os.path.exists(base_dir)
     os.makedirs(base_dir, exist_ok=True)
@@ -672,6 +712,7 @@ def export_onnx(model, path, *, opset=None, overwrite=False, verify=True, probe=
         `path`, a `str`. The file appears only once complete and verified.
     """
     _require_tensorflow_backend("export_onnx")
+    _refuse_streaming(model, "export_onnx")
     tf = _tf()
     spec = serving_input_spec(model)
     if spec.dtype == tf.string:
@@ -721,8 +762,8 @@ def _verify_onnx(model, onnx_path, probes, onnxruntime):
 
 
 def _unrolled_copy(model, shape):
-    """A copy of `model` (same weights) on an input of fixed `shape`, whose recurrent layers
-    unroll their loop.
+    """A copy of `model` (same weights) on an input of fixed `shape` (several inputs: a dict
+    of shapes by input name), whose recurrent layers unroll their loop.
 
     LiteRT's built-in operators have no TensorList: a recurrent loop converts only to
     Select-TF ops, which the pip LiteRT interpreter can't run. Unrolled over a fixed number
@@ -736,7 +777,8 @@ def _unrolled_copy(model, shape):
             return config
         config = {k: (True if k == "unroll" else fixed(v)) for k, v in config.items()}
         if config.get("class_name") == "InputLayer":
-            config["config"] = dict(config["config"], batch_shape=list(shape))
+            own = shape[config["config"]["name"]] if isinstance(shape, dict) else shape
+            config["config"] = dict(config["config"], batch_shape=list(own))
         if "build_input_shape" in config:  # keras.Sequential
             config["build_input_shape"] = list(shape)
         return config
@@ -754,9 +796,9 @@ def _unrolled_copy(model, shape):
     return copy
 
 
-def _litert_probe(model, shape, dtype):
+def _litert_probe(model, shape, dtype, seed=0):
     """A probe batch of the export's fixed shape; token ids end in some padding."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     if np.issubdtype(dtype, np.integer):
         embedding = _first_layer_of(model, "Embedding")
         high = embedding.input_dim if embedding is not None else 10
@@ -788,9 +830,28 @@ def litert_interpreter(model_path=None, model_content=None):
 
 def run_litert(interpreter, batch):
     """Runs an exported LiteRT model on one batch; returns its outputs by name
-    (`"outputs"`, or `"outputs_0"`, ... for several, as the SavedModel signature)."""
+    (`"outputs"`, or `"outputs_0"`, ... for several, as the SavedModel signature). A
+    streaming model's batch is a dict: `{"inputs": chunk, "state_0": ..., ...}`."""
     runner = interpreter.get_signature_runner(ENDPOINT_NAME)
-    return {name: np.asarray(value) for name, value in runner(**{INPUT_NAME: batch}).items()}
+    inputs = batch if isinstance(batch, dict) else {INPUT_NAME: batch}
+    return {name: np.asarray(value) for name, value in runner(**inputs).items()}
+
+
+def _check_litert_dtypes(model):
+    """The LiteRT converter fails on the float64, float16 and bfloat16 layers of a model
+    (a dump of 10⁵ characters that names no dtype): one line naming the layer instead,
+    before anything is converted or written. The input may be of another dtype (the
+    first layer casts it)."""
+    for layer in model._flatten_layers(include_self=False):
+        dtype = keras.backend.standardize_dtype(layer.compute_dtype)
+        if isinstance(layer, keras.layers.InputLayer) or "float" not in dtype or dtype == "float32":
+            continue
+        raise ValueError(
+            f"export_litert exports float32 models only (LiteRT's built-in operators fail "
+            f"on {dtype} ones); layer {layer.name!r} computes in {dtype} (dtype policy "
+            f"{layer.dtype_policy.name}): build the model again in float32 (dtype='float32' "
+            "or the float32 policy), copy the weights with set_weights, and export that copy."
+        )
 
 
 def export_litert(
@@ -811,11 +872,17 @@ def export_litert(
     ids after it, and tokenize on the device.
 
     Args:
-        model: a built Keras model with one input (TensorFlow backend).
-        path: the `.tflite` file to write (parent directories are created).
+        model: a built Keras model with one input (TensorFlow backend), computing in
+            float32 (a float64 or mixed-precision model is refused before conversion;
+            the input itself may be of another dtype).
+        path: the `.tflite` file to write (parent directories are created, and removed
+            again if the export fails).
         batch_size: the fixed batch size of the file's input.
         sequence_length: the fixed number of time steps; default the model's own, which
-            must then be declared (`keras.Input((T, ...))`).
+            must then be declared (`keras.Input((T, ...))`). For a streaming model
+            (`keras_recnorm.streaming.to_streaming`), the chunk length, default 1: the file
+            takes `"inputs"` `(batch_size, sequence_length, ...)` and the states, and returns
+            `"outputs"` and the next states (module docstring).
         overwrite: replace an existing file. Default `False` raises `FileExistsError`.
         verify: run the file in the LiteRT interpreter on a probe batch and compare with
             `model.predict` (1e-5); raises `ExportVerificationError` on disagreement.
@@ -831,9 +898,14 @@ def export_litert(
     ```
     """
     _require_tensorflow_backend("export_litert")
+    if streaming.is_streaming(model):
+        return _export_streaming_litert(
+            model, path, batch_size, sequence_length, overwrite, verify, probe
+        )
     tf = _tf()
     check_positive_int("batch_size", batch_size)
     x = _model_input(model)
+    _check_litert_dtypes(model)
     dtype = keras.backend.standardize_dtype(x.dtype)
     if dtype == "string":
         raise ValueError(
@@ -876,12 +948,15 @@ def export_litert(
     return path
 
 
-def _convert_to_litert(model, spec, tf):
+def _convert_to_litert(model, spec, tf, serve=None):
     # Through a SavedModel: the converter freezes its variables into constants (from a
     # concrete function they would stay resource variables, uninitialized in LiteRT).
-    @tf.function(input_signature=[spec])
-    def serve(inputs):
-        return _named_outputs(model(inputs, training=False))
+    # `serve`: the function to convert, if not the one over `spec`.
+    if serve is None:
+
+        @tf.function(input_signature=[spec])
+        def serve(inputs):
+            return _named_outputs(model(inputs, training=False))
 
     with tempfile.TemporaryDirectory(prefix="keras_recnorm-litert-") as directory:
         _write_saved_model(model, serve, directory)
@@ -891,3 +966,138 @@ def _convert_to_litert(model, spec, tf):
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         with _quiet_tf_logs(tf):
             return converter.convert()
+
+
+# ------------------------------------------------------------------------- streaming
+
+
+def _refuse_streaming(model, what):
+    if streaming.is_streaming(model):
+        raise ValueError(
+            f"{what} doesn't take a streaming model (inputs and states in one signature); "
+            "export it with export_saved_model (TF Serving) or export_litert (devices)."
+        )
+
+
+def _wire_dtype(dtype):
+    """A state's dtype in the signature: half-precision states travel as float32 (exact
+    both ways), which every client and LiteRT runtime has."""
+    dtype = keras.backend.standardize_dtype(dtype)
+    return "float32" if dtype in ("float16", "bfloat16") else dtype
+
+
+def streaming_input_specs(model, batch_size=None, sequence_length=None):
+    """The `tf.TensorSpec`s of a streaming model's signature, in order: `"inputs"`
+    `(batch, time, ...)`, then `"state_0"`, `"state_1"`, ... `(batch, size)`. Batch and time
+    are dynamic unless given."""
+    tf = _tf()
+    chunk, *states = model.inputs
+    specs = [
+        tf.TensorSpec(
+            [batch_size, sequence_length, *chunk.shape[2:]],
+            keras.backend.standardize_dtype(chunk.dtype),
+            name=INPUT_NAME,
+        )
+    ]
+    for i, state in enumerate(states):
+        specs.append(
+            tf.TensorSpec([batch_size, *state.shape[1:]], _wire_dtype(state.dtype),
+                          name=f"{streaming.STATE_PREFIX}{i}")
+        )
+    return specs
+
+
+def _streaming_named_outputs(outputs):
+    outputs = list(outputs)
+    named = {OUTPUT_NAME: outputs[0]}
+    for i, state in enumerate(outputs[1:]):
+        named[f"{streaming.STATE_PREFIX}{i}"] = state
+    return named
+
+
+def _streaming_serving_function(model, specs):
+    """A `tf.function` over the chunk and the states, returning the outputs and the next
+    states by name (states cast to and from their wire dtype)."""
+    tf = _tf()
+    dtypes = [keras.backend.standardize_dtype(x.dtype) for x in model.inputs]
+
+    @tf.function(input_signature=specs)
+    def serve(*tensors):
+        inputs = [tf.cast(t, dtype) for t, dtype in zip(tensors, dtypes)]
+        outputs, *states = model(inputs, training=False)
+        wire = [tf.cast(s, spec.dtype) for s, spec in zip(states, specs[1:])]
+        return _streaming_named_outputs([outputs, *wire])
+
+    return serve
+
+
+def _as_streaming_probe(probe, specs):
+    """One probe batch for a streaming model: `{"inputs": chunk, "state_0": ..., ...}`
+    from such a dict or from a list `[chunk, *states]`."""
+    values = list(probe.values()) if isinstance(probe, dict) else list(probe)
+    if len(values) != len(specs):
+        raise ValueError(
+            f"A streaming model's probe is [chunk, *states]: {len(specs)} arrays; got "
+            f"{len(values)}."
+        )
+    return {
+        spec.name: np.asarray(value, spec.dtype.as_numpy_dtype)
+        for spec, value in zip(specs, values)
+    }
+
+
+def _streaming_probes(probe, model, specs):
+    """Probe batches of a streaming model: `probe` (one `[chunk, *states]` or dict, or a
+    list of them), or by default two chunks in a row, from the zero states and then from
+    the states the first one left (so the second starts mid-sequence)."""
+    if probe is not None:
+        several = isinstance(probe, (list, tuple)) and all(
+            isinstance(p, (list, tuple, dict)) for p in probe
+        )
+        return [_as_streaming_probe(p, specs) for p in (probe if several else [probe])]
+    chunks = _default_probes(model, specs[0])
+    return _chained_probes(model, chunks, specs)
+
+
+def _chained_probes(model, chunks, specs):
+    """Each chunk with the states that the chunks before it leave, from zero states."""
+    batch = chunks[0].shape[0]
+    states = [np.zeros((batch, *s.shape[1:]), s.dtype.as_numpy_dtype) for s in specs[1:]]
+    probes = []
+    for chunk in chunks:
+        probe = _as_streaming_probe([chunk, *states], specs)
+        probes.append(probe)
+        states = list(_reference_outputs(model, probe).values())[1:]
+    return probes
+
+
+def _export_streaming_litert(model, path, batch_size, sequence_length, overwrite, verify, probe):
+    """`export_litert` of a streaming model: a chunk of `sequence_length` steps (default
+    1) and the states in, the outputs and the next states out."""
+    tf = _tf()
+    check_positive_int("batch_size", batch_size)
+    length = 1 if sequence_length is None else sequence_length
+    specs = streaming_input_specs(model, batch_size, check_positive_int("sequence_length", length))
+    path = _target_file(path, overwrite)
+    if verify:
+        if probe is None:
+            shape, dtype = specs[0].shape.as_list(), specs[0].dtype.as_numpy_dtype
+            chunks = [_litert_probe(model, shape, dtype, seed) for seed in (0, 1)]
+            probes = _chained_probes(model, chunks, specs)
+        else:
+            probes = _streaming_probes(probe, model, specs)
+
+    with _staged_file(path, ".tflite") as staging:
+        copy = _unrolled_copy(model, {spec.name: spec.shape.as_list() for spec in specs})
+        serve = _streaming_serving_function(copy, specs)
+        content = _convert_to_litert(copy, None, tf, serve=serve)
+        with open(staging, "wb") as f:
+            f.write(content)
+        if verify:
+            interpreter = litert_interpreter(model_path=staging)
+            expected, served = {}, {}
+            for j, batch in enumerate(probes):
+                expected[f"probe_{j}"] = _reference_outputs(model, batch)
+                served[f"probe_{j}"] = run_litert(interpreter, batch)
+            _compare(expected, served, f"The LiteRT model at {path}")
+    return path

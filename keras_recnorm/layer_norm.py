@@ -4,12 +4,12 @@ The statistics are taken over the units of one layer for one sample, so they are
 same at training and inference and need no batch. Equations: DESIGN.md.
 
 Degenerate inputs: every LN here differentiates through `keras_recnorm.normalization`,
-whose one rule gives the exact derivative, except that a normalized vector with a
-numerically zero variance (an all-zero input step; the zero state that a zero sequence
-keeps from h₀ = 0) passes no gradient back through its normalization. The exact
-derivative there, γ/√ε per LN and step, overflows to NaN along a run of zero steps.
-The forward pass is DESIGN.md's everywhere. Why and what to expect:
-docs/degenerate_inputs.md.
+whose one rule gives the exact derivative, except that a recurrent or cell term with a
+numerically zero variance (the zero state that a zero sequence keeps from h₀ = 0) passes
+no gradient back through its normalization. The exact derivative there, γ/√ε per LN and
+step, overflows to NaN along a run of zero steps. The input term's LN, whose derivative
+does not compound, is exact at every scale. The forward pass is DESIGN.md's everywhere.
+Why and what to expect: docs/degenerate_inputs.md.
 """
 
 import functools
@@ -67,16 +67,16 @@ class LayerNormLSTMCell(GatedCell):
             `kernel` (default `glorot_uniform`), `recurrent_kernel` (`orthogonal`), `bias`.
         gamma_initializer, beta_initializer: initializers of the LN gains (`ones`) and
             shifts (`zeros`).
-        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer,
-            beta_regularizer: regularizers of those weights.
-        kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint,
-            beta_constraint: constraints of those weights.
+        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer, beta_regularizer: regularizers of those weights.
+        kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint, beta_constraint: constraints of those weights.
         dropout: fraction of the input units to drop, in [0, 1). One mask per sequence.
         recurrent_dropout: fraction of the recurrent state's units to drop, in [0, 1).
         epsilon: added to the variance inside the square root (default 1e-5). In the
-            backward pass a normalized vector whose variance is below ~1e-6·epsilon
-            (e.g. all-zero input steps) is treated as a constant: its normalization
-            passes no gradient (docs/degenerate_inputs.md).
+            backward pass a normalized term that feeds the recurrence (recurrent, cell,
+            or the LN-SimpleRNN's sum) whose variance is below ~1e-6·epsilon (e.g. the
+            zero state of an all-zero sequence) is treated as a constant: its
+            normalization passes no gradient. The LN-LSTM's and LN-GRU's input terms
+            keep their exact derivative at every scale (docs/degenerate_inputs.md).
         seed: random seed of the dropout masks.
 
     Call arguments:
@@ -116,7 +116,9 @@ class LayerNormLSTMCell(GatedCell):
         (`centered_kernels`); `forward_only`: the gates from one sigmoid. Returns
         `((h', c'), LayerNormLSTMResiduals, ())`."""
         c = states[1]
-        input_hat, input_gain = layer_standardize(ops.matmul(x, weights.kernel), self.epsilon, centered)
+        input_hat, input_gain = layer_standardize(
+            ops.matmul(x, weights.kernel), self.epsilon, centered, exact=True
+        )
         recurrent_hat, recurrent_gain = layer_standardize(
             ops.matmul(h_in, weights.recurrent_kernel), self.epsilon, centered
         )
@@ -200,10 +202,8 @@ class LayerNormGRUCell(GatedCell):
         gamma_initializer: initializer of the four LN gains (`ones`).
         beta_initializer: accepted for a constructor like the other cells'; these LNs
             have no shift (`bias` is added after them).
-        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer,
-            beta_regularizer: regularizers of those weights.
-        kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint,
-            beta_constraint: constraints of those weights.
+        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer, beta_regularizer: regularizers of those weights.
+        kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint, beta_constraint: constraints of those weights.
         dropout: fraction of the input units to drop, in [0, 1). One mask per sequence.
         recurrent_dropout: fraction of the recurrent state's units to drop, in [0, 1).
         epsilon: added to the variance inside the square root (default 1e-5). In the
@@ -252,13 +252,14 @@ class LayerNormGRUCell(GatedCell):
         self.input_candidate_gamma = self.add_gamma("input_candidate_gamma", self.units)
         self.recurrent_candidate_gamma = self.add_gamma("recurrent_candidate_gamma", self.units)
 
-    def _standardize_blocks(self, projection, centered):
+    def _standardize_blocks(self, projection, centered, exact=False):
         """LN of the (z, r) block and of the candidate block, separately: `(gate_hat,
-        gate_gain, candidate_hat, candidate_gain)` (`layer_standardize`)."""
+        gate_gain, candidate_hat, candidate_gain)` (`layer_standardize`; `exact` for the
+        input term)."""
         units2 = 2 * self.units
         return layer_standardize(
-            projection[..., :units2], self.epsilon, centered
-        ) + layer_standardize(projection[..., units2:], self.epsilon, centered)
+            projection[..., :units2], self.epsilon, centered, exact
+        ) + layer_standardize(projection[..., units2:], self.epsilon, centered, exact)
 
     @staticmethod
     def _blocks_backward(d, gate_hat, gate_gain, candidate_hat, candidate_gain, gate_gamma, candidate_gamma):
@@ -286,7 +287,7 @@ class LayerNormGRUCell(GatedCell):
         the states `(h,)`: the equations above. `centered`: the kernels are centered per
         block (`centered_kernels`); `forward_only` changes nothing here. Returns
         `((h',), LayerNormGRUResiduals, ())`."""
-        input_blocks = self._standardize_blocks(ops.matmul(x, weights.kernel), centered)
+        input_blocks = self._standardize_blocks(ops.matmul(x, weights.kernel), centered, exact=True)
         recurrent_blocks = self._standardize_blocks(ops.matmul(h_in, weights.recurrent_kernel), centered)
         input_gate_hat, _, input_candidate_hat, _ = input_blocks
         recurrent_gate_hat, _, recurrent_candidate_hat, _ = recurrent_blocks
@@ -361,10 +362,8 @@ class LayerNormSimpleRNNCell(NormalizedCell):
         gamma_initializer: initializer of the LN gain `gamma` (`ones`).
         beta_initializer: accepted for a constructor like the other cells'; this LN has
             no shift (`bias` is added after it).
-        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer,
-            beta_regularizer: regularizers of those weights.
-        kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint,
-            beta_constraint: constraints of those weights.
+        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer, beta_regularizer: regularizers of those weights.
+        kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint, beta_constraint: constraints of those weights.
         dropout: fraction of the input units to drop, in [0, 1). One mask per sequence.
         recurrent_dropout: fraction of the recurrent state's units to drop, in [0, 1).
         epsilon: added to the variance inside the square root (default 1e-5). In the
@@ -491,6 +490,19 @@ class LayerNormLSTM(_LayerNormSequence):
     it forward only; on torch, Python loops over the same step. Elsewhere it runs as
     `RNN(LayerNormLSTMCell)`.
 
+    Args:
+        units: positive integer, dimensionality of the output space.
+        return_sequences: whether to return every step's output (default: the last one).
+        return_state: whether to return the final states as well.
+        go_backwards: whether to process the sequences backwards.
+        stateful: whether each batch's final states are the next batch's initial states.
+        unroll: whether to unroll the loop (it then runs as `RNN(LayerNormLSTMCell)`).
+        zero_output_for_mask: whether a masked step outputs zeros (default: the previous
+            output), as in `keras.layers.LSTM`.
+        **kwargs: every other argument of `LayerNormLSTMCell` (activations, initializers,
+            regularizers, constraints, dropout, `epsilon`, ...) and the layer's own
+            (`name`, `dtype`, `trainable`).
+
     Call arguments:
         sequences: a 3D tensor `(batch, timesteps, features)`.
         initial_state: optional list of initial state tensors.
@@ -528,6 +540,19 @@ class LayerNormGRU(_LayerNormSequence):
     it forward only; on torch, Python loops over the same step. Elsewhere it runs as
     `RNN(LayerNormGRUCell)`.
 
+    Args:
+        units: positive integer, dimensionality of the output space.
+        return_sequences: whether to return every step's output (default: the last one).
+        return_state: whether to return the final states as well.
+        go_backwards: whether to process the sequences backwards.
+        stateful: whether each batch's final states are the next batch's initial states.
+        unroll: whether to unroll the loop (it then runs as `RNN(LayerNormGRUCell)`).
+        zero_output_for_mask: whether a masked step outputs zeros (default: the previous
+            output), as in `keras.layers.GRU`.
+        **kwargs: every other argument of `LayerNormGRUCell` (activations, initializers,
+            regularizers, constraints, dropout, `epsilon`, ...) and the layer's own
+            (`name`, `dtype`, `trainable`).
+
     Call arguments:
         sequences: a 3D tensor `(batch, timesteps, features)`.
         initial_state: optional list of initial state tensors.
@@ -559,15 +584,28 @@ class LayerNormSimpleRNN(_LayerNormSequence):
     `keras.layers.SimpleRNN`: every argument of `LayerNormSimpleRNNCell`, plus
     `return_sequences`, `return_state`, `go_backwards`, `stateful`, `unroll` and
     `zero_output_for_mask`. Same weights (same names) and outputs as
-    `keras.layers.RNN(LayerNormSimpleRNNCell(...))`. Faster on TensorFlow and JAX (with
-    the default `tanh`, float32 or float64): the loop runs the cell's step with its
-    hand-written derivative (`keras_recnorm.recurrence`) instead of differentiating the
-    loop, and inference runs it forward only; on torch, Python loops over the same step.
-    Elsewhere it runs as `RNN(LayerNormSimpleRNNCell)`.
+    `keras.layers.RNN(LayerNormSimpleRNNCell(...))`. Faster on TensorFlow and JAX (with the default `tanh`, float32 or float64): the
+    loop runs the cell's step with its hand-written derivative
+    (`keras_recnorm.recurrence`) instead of differentiating the loop, and inference runs
+    it forward only; on torch, Python loops over the same step. Elsewhere it runs as
+    `RNN(LayerNormSimpleRNNCell)`.
+
+    Args:
+        units: positive integer, dimensionality of the output space.
+        return_sequences: whether to return every step's output (default: the last one).
+        return_state: whether to return the final states as well.
+        go_backwards: whether to process the sequences backwards.
+        stateful: whether each batch's final states are the next batch's initial states.
+        unroll: whether to unroll the loop (it then runs as `RNN(LayerNormSimpleRNNCell)`).
+        zero_output_for_mask: whether a masked step outputs zeros (default: the previous
+            output), as in `keras.layers.SimpleRNN`.
+        **kwargs: every other argument of `LayerNormSimpleRNNCell` (activation,
+            initializers, regularizers, constraints, dropout, `epsilon`, ...) and the
+            layer's own (`name`, `dtype`, `trainable`).
 
     Call arguments:
         sequences: a 3D tensor `(batch, timesteps, features)`.
-        initial_state: optional list of initial state tensors (`[h]`).
+        initial_state: optional list of initial state tensors.
         mask: optional boolean `(batch, timesteps)`; masked steps leave the state as it
             was (from `Embedding(mask_zero=True)`, `Masking`, or passed explicitly).
         training: whether dropout is applied.
@@ -575,7 +613,7 @@ class LayerNormSimpleRNN(_LayerNormSequence):
     Returns:
         As `keras.layers.SimpleRNN`: the last output `(batch, units)`, or every step's
         `(batch, timesteps, units)` with `return_sequences`; with `return_state`, a list
-        of that and the final state `h`.
+        of that and the final states (`h`).
 
     Example:
 

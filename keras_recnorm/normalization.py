@@ -55,17 +55,19 @@ def _feature_mean(x):
     return ops.matmul(x, ops.ones((width, 1), dtype=x.dtype)) * (1.0 / width)
 
 
-def _layer_standardized(x, epsilon, centered=False):
+def _layer_standardized(x, epsilon, centered=False, exact=False):
     """`(x̂, gain)` over the last axis, in float32 (float64 for float64 input): x̂ has
     the derivative of `layer_standardize_backward`, and `gain` (its factor: rstd, 0 for
-    a degenerate vector) is a residual, without gradient. `centered`: `x` has a zero mean
-    by construction, which is not subtracted again."""
+    a degenerate vector unless `exact`) is a residual, without gradient. `centered`: `x`
+    has a zero mean by construction, which is not subtracted again."""
     x32 = ops.cast(x, statistics_dtype(x))
     deviation = x32 if centered else x32 - _feature_mean(x32)
     variance = _feature_mean(ops.square(deviation))
     rstd = ops.rsqrt(variance + epsilon)
-    # mean(x̂²) = var/(var + ε) = var·rstd²: below DEGENERATE_POWER, x̂ is numerically 0.
-    gain = rstd * ops.cast(variance * ops.square(rstd) >= DEGENERATE_POWER, rstd.dtype)
+    gain = rstd
+    if not exact:
+        # mean(x̂²) = var/(var + ε) = var·rstd²: below DEGENERATE_POWER, x̂ is numerically 0.
+        gain = rstd * ops.cast(variance * ops.square(rstd) >= DEGENERATE_POWER, rstd.dtype)
     # The statistics' own derivative is part of layer_standardize_backward's formula.
     deviation, rstd, gain = (ops.stop_gradient(v) for v in (deviation, rstd, gain))
     return _STANDARDIZED_BY[centered](x32, deviation, rstd, gain), gain
@@ -197,15 +199,34 @@ def merge_moments_by_slot(moments, slots, num_slots):
         shares = ops.cast(slots, dtype)
     weights = ops.transpose(shares * count[:, None])  # (S, K): samples of step k in slot s
     slot_count = ops.sum(weights, axis=1)
-    # Chan's rule for many parts: the parts' M2 plus each part's n·δ² to the merged mean
-    # (a part: a step's samples at a slot). Σ n·δ² is taken around the steps' overall
-    # mean `center`, so that it is a difference of small numbers.
+    # Slot means, around the steps' overall mean `center` (a weighted mean of small numbers).
     center = ops.sum(count[:, None] * mean, axis=0) / ops.maximum(ops.sum(count), 1.0)
-    offset = mean - center
-    slot_offset = ops.matmul(weights, offset) / ops.maximum(slot_count, 1.0)[:, None]
-    spread = ops.matmul(weights, ops.square(offset)) - slot_count[:, None] * ops.square(slot_offset)
-    slot_m2 = ops.matmul(ops.transpose(shares), m2) + ops.maximum(spread, 0.0)
-    slot_mean = ops.where(slot_count[:, None] > 0, center + slot_offset, 0.0)
+    slot_mean = center + ops.matmul(weights, mean - center) / ops.maximum(slot_count, 1.0)[:, None]
+    # Chan's rule for many parts: the parts' M2 plus Σ_k w_sk·(m_k − c_s)², w_sk the samples
+    # of step k at slot s, c_s the slot's mean. Each step's mean is taken relative to the
+    # mean of its `home` slot (the one holding most of its samples), where it is
+    # m_k − c_s itself: a sum of small squares, exact to rounding whatever the size of
+    # the means. That is every part of a step whose samples are at one slot (every step,
+    # unless samples carry different counters). (Around one center for all slots,
+    # Σ w·δ² − n·δ̄² lost the digits of slots whose mean is far from it: drifting means.)
+    home = ops.argmax(shares, axis=1)
+    home_mean = ops.take(slot_mean, home, axis=0)  # (K, F)
+    deviation = mean - home_mean
+    spread = ops.matmul(ops.transpose(shares), m2 + count[:, None] * ops.square(deviation))
+    # The parts away from home (a step split over several slots) add 2·d·e + e², with
+    # e = home mean − c_s, expanded around `center` (float32 keeps ~6e-8·(distance of
+    # those means from the center)²·samples of it).
+    away = shares * (1.0 - ops.one_hot(home, num_slots, dtype=dtype)) * count[:, None]
+    home_offset, slot_offset = home_mean - center, slot_mean - center
+    parts = ops.concatenate(
+        [2.0 * deviation * home_offset + ops.square(home_offset), deviation + home_offset], -1
+    )
+    width = mean.shape[-1]
+    sums = ops.matmul(ops.transpose(away), parts)  # (S, 2F)
+    away_count = ops.sum(away, axis=0)[:, None]
+    spread = spread + sums[:, :width] - 2.0 * slot_offset * sums[:, width:] + away_count * ops.square(slot_offset)
+    slot_m2 = ops.maximum(spread, 0.0)
+    slot_mean = ops.where(slot_count[:, None] > 0, slot_mean, 0.0)
     return slot_count, slot_mean, slot_m2
 
 
@@ -223,22 +244,6 @@ def slot_shares(slots, mask, num_slots):
     )
     counts = ops.reshape(counts, (steps, num_slots))
     return counts / ops.maximum(ops.sum(counts, axis=-1, keepdims=True), 1.0)
-
-
-def moments_to_sums(moments):
-    """`(n, n·mean, M2 + n·mean²)`: the power sums, which add across replicas (one
-    all-reduce of the three); `moments_from_sums` turns the totals back into moments."""
-    count, mean, m2 = _tensors(moments)
-    n = ops.expand_dims(count, -1)
-    return count, n * mean, m2 + n * ops.square(mean)
-
-
-def moments_from_sums(sums):
-    """Inverse of `moments_to_sums`."""
-    count, total, squares = _tensors(sums)
-    n = ops.maximum(ops.expand_dims(count, -1), 1e-30)
-    mean = total / n
-    return count, mean, ops.maximum(squares - n * ops.square(mean), 0.0)
 
 
 def batch_normalize(x, mean, variance, gamma, beta=None, epsilon=1e-5):
@@ -322,29 +327,34 @@ def moving_average_update(moving_mean, moving_variance, moments, slots, momentum
 # to h and c at every step, so the exact gradient grows ~10⁴× per step into inf and NaN.
 # Where x̂'s mean square var/(var + ε) is below DEGENERATE_POWER (var below ~1e-6·ε:
 # x̂ is numerically zero, and ε, not the data, sets the normalization's gain), the LN
-# derivative is taken as 0: the normalized value is treated as a constant. Everywhere
-# else the derivative is the exact one. The choice and its reasons:
-# docs/degenerate_inputs.md.
+# derivative is taken as 0: the normalized value is treated as a constant. Only where
+# the derivative compounds along the recurrence (the LN of the recurrent term, of the
+# cell state, of a sum with the recurrent term): the LN of the input term alone passes
+# its derivative to x and the kernel once per step, bounded by γ/sqrt(ε), so it keeps
+# the exact one at every scale (`exact=True`) — small inputs (x of size 1e-6 has
+# var(x·kernel) far below ε) still learn. Everywhere else the derivative is the exact
+# one. The choice and its reasons: docs/degenerate_inputs.md.
 
 DEGENERATE_POWER = 1e-6
 
 
-def layer_standardize(x, epsilon, centered=False):
+def layer_standardize(x, epsilon, centered=False, exact=False):
     """Standardizes over the last axis; returns `(x̂, gain)` in the dtype of `x`, gain of
     shape `(..., 1)`: rstd, or 0 for a degenerate vector, the factor of
     `layer_standardize_backward`. The statistics are taken in float32 under half
     precision. Under autodiff x̂ has the derivative of `layer_standardize_backward`.
     `centered=True` where `x` has a zero mean by construction (a product with
     `centered_columns` weights): the mean is not subtracted, and the derivative is that
-    of `x·rstd`."""
-    x_hat, gain = _layer_standardized(x, epsilon, centered)
+    of `x·rstd`. `exact=True` where the derivative does not compound along a recurrence
+    (the input term): the gain is rstd for a degenerate vector too, the exact derivative."""
+    x_hat, gain = _layer_standardized(x, epsilon, centered, exact)
     return ops.cast(x_hat, x.dtype), ops.cast(gain, x.dtype)
 
 
 def layer_standardize_backward(d, x_hat, gain, centered=False):
     """∂L/∂x from `d = ∂L/∂x̂` for `layer_standardize`, `gain` being its second result:
     the exact derivative, and 0 for a degenerate vector (mean(x̂²) < DEGENERATE_POWER,
-    i.e. var < ~1e-6·ε; see above)."""
+    i.e. var < ~1e-6·ε; see above) standardized without `exact`."""
     projection = _feature_mean(d * x_hat)
     if not centered:
         d = d - _feature_mean(d)
@@ -425,15 +435,15 @@ def replicas_in_sync():
 
 
 def cross_replica_moments(moments):
-    """The global batch's `(count, mean, M2)` from each replica's, by one all-reduce.
+    """The global batch's `(count, mean, M2)` from each replica's, by two all-reduces.
 
     Under a `tf.distribute` strategy with several replicas (in replica context, as in
-    `fit`), every replica sends its `moments_to_sums` (per-feature count, sum and sum of
-    squares) to one SUM all-reduce and gets the same global moments back
-    (`moments_from_sums`); elsewhere the moments are returned as they are. Must run outside
-    control flow (a `merge_call` inside a `tf.while_loop` is not supported on CPU).
-    Differentiable: the gradient of an all-sum is the all-sum of the gradients, so a loss
-    that reads these moments gets the gradient of the global batch's normalization.
+    `fit`), every replica gets the same global moments back (`sum_moments`: counts and
+    sums first, then the squared deviations from the global mean); elsewhere the moments
+    are returned as they are. Must run outside control flow (a `merge_call` inside a
+    `tf.while_loop` is not supported on CPU). Differentiable: the gradient of an all-sum
+    is the all-sum of the gradients, so a loss that reads these moments gets the
+    gradient of the global batch's normalization.
 
     Args:
         moments: `(count (...,), mean (..., F), M2 (..., F))`.
@@ -444,11 +454,33 @@ def cross_replica_moments(moments):
     context = _replica_context()
     if context is None:
         return moments
-    count, total, squares = moments_to_sums(moments)
-    width = total.shape[-1]
-    packed = ops.concatenate([ops.expand_dims(ops.cast(count, total.dtype), -1), total, squares], -1)
-    packed = context.all_reduce("sum", packed)
-    return moments_from_sums((packed[..., 0], packed[..., 1 : 1 + width], packed[..., 1 + width :]))
+    return sum_moments(moments, lambda value: context.all_reduce("sum", value))
+
+
+def sum_moments(moments, all_sum):
+    """The moments of the union of several parts (replicas), each holding its own
+    `(count, mean, M2)`, where `all_sum(v)` returns the sum of `v` over the parts (an
+    all-reduce): `merge_moments` over all the parts, in a form that is stable in float32.
+
+    Two sums. First the counts and `count·mean`: the global mean `m`. Then each part's
+    M2 moved to `m`, `M2 + count·(mean − m)²` (the parallel-axis form of Chan's rule),
+    and `count·(mean − m)`, whose total corrects `m` for its rounding (the corrected
+    two-pass algorithm of Chan, Golub & LeVeque 1983). Every term is a deviation: a
+    feature whose mean is far larger than its spread keeps its digits, where
+    `Σx² − n·mean²` would lose them (a relative error of ~6e-8·(mean/spread)² in float32:
+    6% at a mean 10³ times the spread, all of it at 4·10³).
+    """
+    count, mean, m2 = _tensors(moments)
+    n = ops.expand_dims(ops.cast(count, mean.dtype), -1)
+    totals = all_sum(ops.concatenate([n, n * mean], -1))
+    total_count, safe_count = totals[..., :1], ops.maximum(totals[..., :1], 1e-30)
+    rounded_mean = totals[..., 1:] / safe_count
+    deviation = mean - rounded_mean
+    width = mean.shape[-1]
+    spreads = all_sum(ops.concatenate([n * deviation, m2 + n * ops.square(deviation)], -1))
+    correction = spreads[..., :width] / safe_count
+    global_m2 = ops.maximum(spreads[..., width:] - total_count * ops.square(correction), 0.0)
+    return ops.cast(total_count[..., 0], count.dtype), rounded_mean + correction, global_m2
 
 
 def cross_replica_shares(shares, count):

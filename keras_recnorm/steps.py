@@ -104,6 +104,15 @@ class LayerNormSimpleRNNWeights(NamedTuple):
     bias: Tensor
 
 
+class KernelsWeights(NamedTuple):
+    """The TensorFlow Addons-compatible cells (`keras_recnorm.addons`): their LNs are Keras
+    `LayerNormalization` sublayers, called in the step with their own weights."""
+
+    kernel: Tensor
+    recurrent_kernel: Tensor
+    bias: Tensor
+
+
 class BatchNormWeights(NamedTuple):
     """`BatchNormGRUCell` and `BatchNormSimpleRNNCell`: the input and the recurrent term."""
 

@@ -1,4 +1,5 @@
-"""Shared test fixtures and helpers: seeding, weights by name, dtype-policy hygiene."""
+"""Shared test fixtures and helpers: the kinds of cell, seeding, weights by name, dtype-policy
+hygiene."""
 
 import os
 
@@ -7,6 +8,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+from keras_recnorm.kinds import KINDS, Kind  # noqa: E402
+
+
+def kinds(*, family=None, layer=False):
+    """The kinds of cell of `keras_recnorm.kinds.KINDS`, in the table's order: those of
+    `family` (any when None), and with `layer=True` only those that have a whole-sequence
+    layer. A test parametrized over them picks up every new kind; its ids are the kinds'
+    names (`pytest_make_parametrize_id` below)."""
+    return [k for k in KINDS
+            if family in (None, k.family) and (k.layer is not None or not layer)]
+
+
+def pytest_make_parametrize_id(config, val, argname):
+    if isinstance(val, Kind):
+        return val.name
+    return None
 
 
 def weight_name(variable):

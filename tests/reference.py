@@ -20,6 +20,9 @@ and returns `(outputs (B, T, U), final_states)`; the batch-normalized cells (`bn
 statistics.
 
 Gate order along the pre-activations is Keras's: i, f, g, o (LSTM) and z, r, h (GRU).
+
+Tests take the function of a kind of cell (a row of `keras_recnorm.kinds.KINDS`) from
+`for_kind(kind)`, and the states it carries from `STATES`.
 """
 
 import numpy as np
@@ -425,3 +428,118 @@ def bn_simple_rnn(weights, x, h0=None, step0=None, *, training, momentum=0.95, e
                    recurrent_activation=sigmoid,
                    return_batch_statistics=return_batch_statistics,
                    whole_sequence=whole_sequence)
+
+
+# -- TensorFlow Addons 0.23 (keras_recnorm.addons): not the papers' equations -------------
+#
+# Addons' cells as DESIGN.md ("TensorFlow Addons compatibility") states them. Weights are
+# named as the compatible cells nest them: `kernel`, `recurrent_kernel`, `bias`, and
+# `<sublayer>/gamma`, `<sublayer>/beta` (`kernel_norm`, `recurrent_norm`, `state_norm`;
+# `layernorm/gamma` for the simple RNN). Written against an array module `xp`: NumPy by
+# default, `tf.experimental.numpy` where a test differentiates the reference (the default
+# activations are then taken from `xp` too).
+
+
+def addons_layer_norm(a, gamma, beta=None, epsilon=1e-3, xp=np):
+    """`keras.layers.LayerNormalization` over the last axis, in `xp`."""
+    mean = xp.mean(a, axis=-1, keepdims=True)
+    variance = xp.mean(xp.square(a - mean), axis=-1, keepdims=True)
+    out = gamma * (a - mean) / xp.sqrt(variance + epsilon)
+    return out if beta is None else out + beta
+
+
+def _addons_loop(step, x, states, mask, zero_output_for_mask, xp):
+    """Keras's RNN loop, as `_run`, in `xp` (no assignment into arrays)."""
+    batch, steps = x.shape[:2]
+    mask = xp.ones((batch, steps), bool) if mask is None else xp.asarray(mask, bool)
+    outputs, previous = [], xp.zeros_like(states[0])
+    for t in range(steps):
+        output, new_states = step(x[:, t], states)
+        keep = mask[:, t][:, None]
+        states = [xp.where(keep, new, old) for new, old in zip(new_states, states)]
+        previous = xp.where(keep, output, xp.zeros_like(output) if zero_output_for_mask else previous)
+        outputs.append(previous)
+    return xp.stack(outputs, axis=1), states
+
+
+def _addons_inputs(weights, x, states, xp):
+    w = {name: xp.asarray(value, dtype=xp.float64) for name, value in weights.items()}
+    x = xp.asarray(x, dtype=xp.float64)
+    units = w["recurrent_kernel"].shape[0]
+    states = [xp.zeros((x.shape[0], units), dtype=xp.float64) if s is None
+              else xp.asarray(s, dtype=xp.float64) for s in states]
+    return w, x, states
+
+
+def addons_ln_lstm(weights, x, h0=None, c0=None, *, epsilon=1e-3, activation=None,
+                   recurrent_activation=None, mask=None, zero_output_for_mask=False, xp=np):
+    """Addons' LayerNormLSTMCell: returns `(outputs, [h, c])`.
+
+    `z = LN_k(x·W) + LN_r(h·U) + b` (each LN with its gain and shift), the LSTM update of
+    `c`, then `c' = LN_s(c')`, and `h' = σ(o)·tanh(c')`: the normalized `c'` is carried.
+    """
+    w, x, states = _addons_inputs(weights, x, [h0, c0], xp)
+    tanh = activation or xp.tanh
+    sigma = recurrent_activation or (lambda a: 1.0 / (1.0 + xp.exp(-a)))
+    bias = w.get("bias", 0.0)
+
+    def norm(name, a):
+        return addons_layer_norm(a, w[f"{name}/gamma"], w[f"{name}/beta"], epsilon, xp)
+
+    def step(x_t, states):
+        h, c = states
+        z = (norm("kernel_norm", x_t @ w["kernel"])
+             + norm("recurrent_norm", h @ w["recurrent_kernel"]) + bias)
+        i, f, g, o = xp.split(z, 4, axis=-1)
+        c_new = norm("state_norm", sigma(f) * c + sigma(i) * tanh(g))
+        h_new = sigma(o) * tanh(c_new)
+        return h_new, [h_new, c_new]
+
+    return _addons_loop(step, x, states, mask, zero_output_for_mask, xp)
+
+
+def addons_ln_simple_rnn(weights, x, h0=None, *, epsilon=1e-5, activation=None, mask=None,
+                         zero_output_for_mask=False, xp=np):
+    """Addons' LayerNormSimpleRNNCell: `h' = activation(LN(x·W + h·U; γ) + b)`, no shift
+    in the LN. Returns `(outputs, [h])`."""
+    w, x, states = _addons_inputs(weights, x, [h0], xp)
+    activation = activation or xp.tanh
+    bias = w.get("bias", 0.0)
+
+    def step(x_t, states):
+        summed = x_t @ w["kernel"] + states[0] @ w["recurrent_kernel"]
+        h_new = activation(addons_layer_norm(summed, w["layernorm/gamma"], None, epsilon, xp)
+                           + bias)
+        return h_new, [h_new]
+
+    return _addons_loop(step, x, states, mask, zero_output_for_mask, xp)
+
+
+# -- dispatch from a kind of cell --------------------------------------------------------
+
+# The states each recurrence carries, in Keras's order (the BN cells add the step counter).
+STATES = {"lstm": ("h", "c"), "gru": ("h",), "simple_rnn": ("h",)}
+
+REFERENCES = {
+    ("layer_norm", "lstm"): ln_lstm,
+    ("layer_norm", "gru"): ln_gru,
+    ("layer_norm", "simple_rnn"): ln_simple_rnn,
+    ("batch_norm", "lstm"): bn_lstm,
+    ("batch_norm", "gru"): bn_gru,
+    ("batch_norm", "simple_rnn"): bn_simple_rnn,
+}
+
+
+def for_kind(kind):
+    """The reference function of `kind`: anything with `family` and `recurrence`, such as a
+    row of `keras_recnorm.kinds.KINDS` (read by attribute: nothing here imports the package).
+
+    Raises LookupError for a kind without one, so that a new kind's tests fail until its
+    reference is written, rather than pass or skip."""
+    try:
+        return REFERENCES[kind.family, kind.recurrence]
+    except KeyError:
+        raise LookupError(
+            f"tests/reference.py has no reference for {getattr(kind, 'name', kind)} "
+            f"({kind.family}, {kind.recurrence}): write one from DESIGN.md's equations and "
+            f"add it to REFERENCES.") from None

@@ -5,8 +5,9 @@ are checked against the independent NumPy implementation in `tests/reference.py`
 random weights AND random population statistics (so that a test can't pass by reading the
 wrong slot of a constant table). Everything else checks that the cells behave as Keras
 cells inside `keras.layers.RNN` (TensorFlow backend). The whole-sequence layers
-(BatchNormLSTM, BatchNormGRU) have their own tests in `tests/test_layers.py`; here they
-appear only where `recompute_population_statistics` and the bad-input checks concern them.
+(BatchNormLSTM, ...) have their own tests in `tests/test_layers.py`; here they appear only
+where `recompute_population_statistics`, the states, the arguments and the bad-input checks
+concern them. Every batch-normalized kind of `keras_recnorm.kinds.KINDS` is tested.
 """
 
 import re
@@ -23,10 +24,12 @@ from keras_recnorm import (
     BatchNormLSTMCell,
     recompute_population_statistics,
 )
+from keras_recnorm.kinds import kind as named_kind
 from tests import reference
 from tests.conftest import (
     assert_padded_states_match_alone,
     graph_function,
+    kinds,
     randomize_weights,
     set_weights_by_name,
     to_numpy,
@@ -35,13 +38,13 @@ from tests.conftest import (
 
 B, T, D, U, T_MAX = 4, 7, 3, 5, 4  # T > T_MAX: the last slot gets several steps
 
-# kind -> (cell class, reference function, number of states without the step counter)
-CELLS = {
-    "lstm": (BatchNormLSTMCell, reference.bn_lstm, 2),
-    "gru": (BatchNormGRUCell, reference.bn_gru, 1),
-}
-KINDS = list(CELLS)
+# Every batch-normalized kind of cell (keras_recnorm.kinds.KINDS), those with a
+# whole-sequence layer, and the two that some tests combine.
+KINDS = kinds(family="batch_norm")
+LAYERS = kinds(family="batch_norm", layer=True)
+LSTM, GRU = named_kind("batch_norm_lstm"), named_kind("batch_norm_gru")
 
+# recurrence -> the weights DESIGN.md fixes, in creation order (the .keras file order)
 EXPECTED_WEIGHTS = {
     "lstm": {"kernel": (D, 4 * U), "recurrent_kernel": (U, 4 * U), "bias": (4 * U,),
              "input_gamma": (4 * U,), "recurrent_gamma": (4 * U,), "cell_gamma": (U,),
@@ -55,11 +58,15 @@ EXPECTED_WEIGHTS = {
             "input_moving_mean": (T_MAX, 3 * U), "input_moving_variance": (T_MAX, 3 * U),
             "recurrent_moving_mean": (T_MAX, 3 * U),
             "recurrent_moving_variance": (T_MAX, 3 * U)},
+    "simple_rnn": {"kernel": (D, U), "recurrent_kernel": (U, U), "bias": (U,),
+                   "input_gamma": (U,), "recurrent_gamma": (U,),
+                   "input_moving_mean": (T_MAX, U), "input_moving_variance": (T_MAX, U),
+                   "recurrent_moving_mean": (T_MAX, U), "recurrent_moving_variance": (T_MAX, U)},
 }
 
 
 def make_cell(kind, units=U, max_timesteps=T_MAX, **kwargs):
-    return CELLS[kind][0](units, max_timesteps, **kwargs)
+    return kind.cell(units, max_timesteps, **kwargs)
 
 
 def built_rnn(kind, rng, cell_kwargs=None, length=T, **rnn_kwargs):
@@ -73,12 +80,13 @@ def built_rnn(kind, rng, cell_kwargs=None, length=T, **rnn_kwargs):
 def reference_run(kind, weights, x, states=None, **kwargs):
     """The reference for `kind`; `states` as Keras orders them, step counter last."""
     states = [] if states is None else [np.asarray(s, "float64") for s in states]
-    return CELLS[kind][1](weights, np.asarray(x, "float64"), *states, **kwargs)
+    return reference.for_kind(kind)(weights, np.asarray(x, "float64"), *states, **kwargs)
 
 
 def random_states(kind, rng, batch=B, step=0.0):
     """Random h (and c), then the step counter."""
-    states = [rng.normal(0, 0.5, (batch, U)).astype("float32") for _ in range(CELLS[kind][2])]
+    states = [rng.normal(0, 0.5, (batch, U)).astype("float32")
+              for _ in reference.STATES[kind.recurrence]]
     return states + [np.full((batch, 1), step, "float32")]
 
 
@@ -111,10 +119,10 @@ def test_weights_have_the_designed_names_shapes_and_order():
         layer = keras.layers.RNN(make_cell(kind))
         layer(np.zeros((B, T, D), "float32"))
         got = {name: value.shape for name, value in weights_by_name(layer).items()}
-        assert got == EXPECTED_WEIGHTS[kind], kind
-        assert list(got) == list(EXPECTED_WEIGHTS[kind]), kind  # the .keras file order
+        assert got == EXPECTED_WEIGHTS[kind.recurrence], kind.name
+        assert list(got) == list(EXPECTED_WEIGHTS[kind.recurrence]), kind.name  # the file order
         trainable = {v.path.split("/")[-1] for v in layer.trainable_weights}
-        assert trainable == {name for name in got if "moving" not in name}, kind
+        assert trainable == {name for name in got if "moving" not in name}, kind.name
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -131,7 +139,7 @@ def test_default_initial_values(kind):
             np.testing.assert_array_equal(value, 0.0, err_msg=name)
         elif name.endswith("moving_variance"):
             np.testing.assert_array_equal(value, 1.0, err_msg=name)
-    if kind == "lstm":  # unit_forget_bias: gate order i, f, g, o
+    if kind.recurrence == "lstm":  # unit_forget_bias: gate order i, f, g, o
         np.testing.assert_array_equal(w["bias"], np.repeat([0.0, 1.0, 0.0, 0.0], U))
     else:
         np.testing.assert_array_equal(w["bias"], 0.0)
@@ -336,7 +344,7 @@ def exact_averages(kind, weights, batches, masks=None):
             count = len(x) if mask is None else int((mask.sum(axis=1) > t).sum())
             if count == 0:
                 continue
-            for term in reference.BN_TERMS[kind]:
+            for term in reference.BN_TERMS[kind.recurrence]:
                 parts.setdefault((term, min(t, max_timesteps - 1)), []).append(
                     (count, stats[f"{term}_mean"][t], stats[f"{term}_variance"][t]))
     result = {name: value.astype("float64").copy()
@@ -383,22 +391,22 @@ def test_recompute_population_statistics_of_a_backward_cell(rng):
     time step (test_go_backwards_loop_moves_slot_zero_once_more_with_the_first_input);
     the exact averages keep only the batch's real steps."""
     model = keras.Sequential([keras.Input((None, D)),
-                              keras.layers.RNN(make_cell("gru"), go_backwards=True)])
+                              keras.layers.RNN(make_cell(GRU), go_backwards=True)])
     weights = randomize_weights(model.layers[0], rng)
     batches = [rng.normal(0, 1, (B, length, D)).astype("float32") for length in (3, 6)]
     recompute_population_statistics(model, batches)
-    expected = exact_averages("gru", weights, [x[:, ::-1] for x in batches])
+    expected = exact_averages(GRU, weights, [x[:, ::-1] for x in batches])
     assert_moving_close(model.layers[0], expected)
 
 
 def test_recompute_population_statistics_steps_and_unreached_slots(rng):
     """`steps` limits the batches; slots no used batch reached keep their statistics."""
     model = keras.Sequential([keras.Input((None, D)),
-                              keras.layers.RNN(make_cell("gru", max_timesteps=6))])
+                              keras.layers.RNN(make_cell(GRU, max_timesteps=6))])
     weights = randomize_weights(model.layers[0], rng)
     batches = [rng.normal(0, 1, (B, length, D)).astype("float32") for length in (2, 3, 9)]
     assert recompute_population_statistics(model, iter(batches), steps=2) == 2
-    expected = exact_averages("gru", weights, batches[:2])
+    expected = exact_averages(GRU, weights, batches[:2])
     assert_moving_close(model.layers[0], expected)
     moving = moving_statistics(model.layers[0])
     for name in moving:
@@ -420,7 +428,7 @@ def test_recompute_population_statistics_of_the_layer_excludes_padding(rng):
         batches.append(np.where(mask[..., None], x, 0.0).astype("float32"))
         masks.append(mask)
     recompute_population_statistics(model, batches)
-    assert_moving_close(layer, exact_averages("lstm", weights, batches, masks))
+    assert_moving_close(layer, exact_averages(LSTM, weights, batches, masks))
     for before, after in zip(trainable_before, model.trainable_weights):
         np.testing.assert_array_equal(to_numpy(after), before)
 
@@ -429,7 +437,7 @@ def test_recompute_population_statistics_bad_input(rng):
     plain = keras.Sequential([keras.Input((T, D)), keras.layers.LSTM(U)])
     with pytest.raises(ValueError, match="no batch-normalized"):
         recompute_population_statistics(plain, [np.zeros((B, T, D), "float32")])
-    model = keras.Sequential([keras.Input((T, D)), keras.layers.RNN(make_cell("lstm"))])
+    model = keras.Sequential([keras.Input((T, D)), keras.layers.RNN(make_cell(LSTM))])
     with pytest.raises(ValueError, match="no batch"):
         recompute_population_statistics(model, [])
     with pytest.raises(ValueError, match="`steps`"):
@@ -568,7 +576,7 @@ def _flat(states):
 
 
 def _stacked(rng, x):
-    first, second = make_cell("lstm", units=6), make_cell("gru")
+    first, second = make_cell(LSTM, units=6), make_cell(GRU)
     layer = keras.layers.RNN(keras.layers.StackedRNNCells([first, second]), unroll=True,
                              return_sequences=True, return_state=True)
     layer(x)
@@ -649,7 +657,7 @@ def test_training_slot_counts_real_steps_when_every_sample_starts_padded(rng):
     mask = np.ones((B, T), bool)
     mask[:, :2] = False
     mask[1, :4] = False
-    layer, weights = built_rnn("lstm", rng, unroll=True, return_sequences=True)
+    layer, weights = built_rnn(LSTM, rng, unroll=True, return_sequences=True)
     outputs = layer(x, mask=mask, training=True)
     want, _, moving = reference.bn_lstm(weights, x, training=True, mask=mask,
                                         exclude_masked=False)
@@ -673,18 +681,19 @@ def test_masking_from_embedding_at_inference(kind, padding, rng):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_return_state(kind, rng):
-    """`[output, h, c, step]` (LSTM) / `[output, h, step]` (GRU); step is `(B, 1)`."""
+    """`[output, h, c, step]` (LSTM) / `[output, h, step]` (GRU, SimpleRNN): the output, the
+    states of `reference.STATES`, then the step counter, `(B, 1)`."""
     x = rng.normal(0, 1, (B, T, D)).astype("float32")
     layer, weights = built_rnn(kind, rng, return_state=True)
     returned = layer(x)
-    assert len(returned) == 2 + CELLS[kind][2]
+    assert len(returned) == 2 + len(reference.STATES[kind.recurrence])
     output, h, *rest = returned
     np.testing.assert_array_equal(to_numpy(output), to_numpy(h))
     assert tuple(rest[-1].shape) == (B, 1)
     np.testing.assert_array_equal(to_numpy(rest[-1]), np.full((B, 1), T))
     _, want_states, _ = reference_run(kind, weights, x, training=False)
     assert_all_close([h] + rest, want_states)
-    assert layer.cell.state_size == [U] * CELLS[kind][2] + [1]
+    assert layer.cell.state_size == [U] * len(reference.STATES[kind.recurrence]) + [1]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -705,7 +714,8 @@ def test_go_backwards_loop_moves_slot_zero_once_more_with_the_first_input(kind, 
     """Documented: with go_backwards and the TensorFlow loop, Keras's extra call before
     the loop gets `x[:, 0]` (the LAST step of the backward pass) with the initial state:
     slot 0 first moves once with the statistics of that one-step sequence, then the loop
-    moves every slot once. Outputs are unaffected (use BatchNormLSTM/GRU to avoid it)."""
+    moves every slot once. Outputs are unaffected (use the whole-sequence layers to avoid
+    it)."""
     x = rng.normal(0, 1, (B, T, D)).astype("float32")
     layer, weights = built_rnn(kind, rng, go_backwards=True, return_sequences=True)
     outputs = layer(x, training=True)
@@ -806,18 +816,19 @@ def _non_default_arguments(kind):
         "recurrent_dropout": 0.25,
         "epsilon": 1e-3,
         "seed": 42,
-        "recurrent_activation": "hard_sigmoid",
-        "name": f"custom_{kind}",
+        "name": f"custom_{kind.name}",
         "trainable": False,
     }
-    if kind == "lstm":
+    if kind.recurrence != "simple_rnn":  # gates
+        arguments["recurrent_activation"] = "hard_sigmoid"
+    if kind.recurrence == "lstm":
         arguments["unit_forget_bias"] = False
     return arguments
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_config_round_trips_every_argument(kind):
-    cls = CELLS[kind][0]
+    cls = kind.cell
     arguments = _non_default_arguments(kind)
     cell = cls(7, 11, **arguments)
     config = cell.get_config()
@@ -842,8 +853,8 @@ def test_config_round_trips_every_argument(kind):
 
 def test_keras_file_keeps_population_statistics_exactly(rng, tmp_path):
     inputs = keras.Input((None, D))
-    lstm = keras.layers.RNN(make_cell("lstm", dropout=0.1), return_sequences=True)
-    gru = keras.layers.RNN(make_cell("gru", momentum=0.8), go_backwards=True)
+    lstm = keras.layers.RNN(make_cell(LSTM, dropout=0.1), return_sequences=True)
+    gru = keras.layers.RNN(make_cell(GRU, momentum=0.8), go_backwards=True)
     outputs = keras.layers.Dense(2)(gru(lstm(inputs)))
     model = keras.Model(inputs, outputs)
     randomize_weights(lstm, rng), randomize_weights(gru, rng)
@@ -867,8 +878,8 @@ def test_keras_file_keeps_population_statistics_exactly(rng, tmp_path):
 
 def test_export_serves_with_population_statistics(rng, tmp_path):
     inputs = keras.Input((None, D))
-    lstm = keras.layers.RNN(make_cell("lstm"), return_sequences=True)
-    gru = keras.layers.RNN(make_cell("gru"), return_sequences=True, go_backwards=True)
+    lstm = keras.layers.RNN(make_cell(LSTM), return_sequences=True)
+    gru = keras.layers.RNN(make_cell(GRU), return_sequences=True, go_backwards=True)
     model = keras.Model(inputs, keras.layers.Concatenate()([lstm(inputs), gru(inputs)]))
     w_lstm, w_gru = randomize_weights(lstm, rng), randomize_weights(gru, rng)
     path = str(tmp_path / "exported")
@@ -938,8 +949,8 @@ def test_bn_lstm_converges_in_no_more_epochs_than_lstm():
 # -- bad input ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", [BatchNormLSTMCell, BatchNormGRUCell, BatchNormLSTM,
-                                 BatchNormGRU])
+@pytest.mark.parametrize("cls", [k.cell for k in KINDS] + [k.layer for k in LAYERS],
+                         ids=lambda cls: cls.__name__)
 @pytest.mark.parametrize("argument,value", [
     ("max_timesteps", 0), ("max_timesteps", -2), ("max_timesteps", 2.5),
     ("max_timesteps", None), ("max_timesteps", True),
@@ -955,7 +966,7 @@ def test_invalid_arguments(cls, argument, value):
 @pytest.mark.parametrize("kind", KINDS)
 def test_max_timesteps_is_required(kind):
     with pytest.raises(TypeError, match="max_timesteps"):
-        CELLS[kind][0](4)
+        kind.cell(4)
 
 
 # -- the step counter under mixed precision ------------------------------------------------
@@ -974,18 +985,18 @@ def _long_layer(layer_class, weights=None, **kwargs):
 
 
 @pytest.mark.parametrize("policy, atol", [("mixed_bfloat16", 0.1), ("mixed_float16", 2e-2)])
-@pytest.mark.parametrize("layer_class", [BatchNormLSTM, BatchNormGRU])
+@pytest.mark.parametrize("kind", LAYERS)
 def test_long_sequence_reads_slot_t_at_step_t_under_mixed_precision(
-        layer_class, policy, atol, rng, float32_policy_afterwards):
+        kind, policy, atol, rng, float32_policy_afterwards):
     """A 300-step sequence with max_timesteps=400: under half precision every step reads
     its own slot (as float32 does: the population statistics differ from slot to slot),
     the counter returned is exactly 300 (float32), and training moves slots 0..299 only."""
     x = rng.normal(0, 1, (2, LONG_T, D)).astype("float32")
-    reference_layer = _long_layer(layer_class)
+    reference_layer = _long_layer(kind.layer)
     weights = randomize_weights(reference_layer, rng)
     want, *want_states = graph_function(reference_layer)(x)
     keras.config.set_dtype_policy(policy)
-    layer = _long_layer(layer_class, weights)
+    layer = _long_layer(kind.layer, weights)
     got, *states = graph_function(layer)(x)
     assert keras.backend.standardize_dtype(got.dtype) == policy.split("_")[1]
     got = to_numpy(keras.ops.cast(got, "float32"))
@@ -1009,18 +1020,15 @@ def test_cell_in_rnn_under_bfloat16_refuses_slots_its_counter_cannot_reach(
     keras.config.set_dtype_policy("mixed_bfloat16")
     x = np.zeros((2, 3, D), "float32")
     keras.layers.RNN(make_cell(kind, max_timesteps=257))(x)  # the counter reaches slot 256
-    with pytest.raises(ValueError, match="counts only to 256.*" + CELLS[kind][0].sequence_layer_name):
+    with pytest.raises(ValueError, match="counts only to 256.*" + kind.cell.sequence_layer_name):
         keras.layers.RNN(make_cell(kind, max_timesteps=LONG_T_MAX))(x)
 
 
 # -- states and arguments ------------------------------------------------------------------
 
 
-LAYERS = {"lstm": BatchNormLSTM, "gru": BatchNormGRU}
-
-
 @pytest.mark.parametrize("training", [False, True])
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", LAYERS)
 def test_initial_state_without_the_counter(kind, training, rng):
     """What a keras.layers.LSTM user passes: the layers start the counter at 0; a cell in
     keras.layers.RNN (which can't add a state to Keras's loop) says what it expects."""
@@ -1028,7 +1036,7 @@ def test_initial_state_without_the_counter(kind, training, rng):
     *states, counter = random_states(kind, rng)
     results = []
     for initial_state in (states, states + [counter]):
-        layer = LAYERS[kind](U, max_timesteps=T_MAX, return_sequences=True, return_state=True)
+        layer = kind.layer(U, max_timesteps=T_MAX, return_sequences=True, return_state=True)
         layer(x[:, :1])
         set_weights_by_name(layer, randomize_weights(layer, np.random.default_rng(3)))
         results.append((layer(x, initial_state=initial_state, training=training),
@@ -1038,19 +1046,19 @@ def test_initial_state_without_the_counter(kind, training, rng):
     for name in want_moving:
         np.testing.assert_array_equal(got_moving[name], want_moving[name], err_msg=name)
     rnn = keras.layers.RNN(make_cell(kind))
-    expected = re.escape("[h, c, step]" if kind == "lstm" else "[h, step]")
+    expected = re.escape(f"[{', '.join(reference.STATES[kind.recurrence])}, step]")
     with pytest.raises(ValueError, match=expected):
         rnn(x, initial_state=states, training=training)
     with pytest.raises(ValueError, match="initial_state"):
-        LAYERS[kind](U, max_timesteps=T_MAX)(x, initial_state=states[:1] * 4)
+        kind.layer(U, max_timesteps=T_MAX)(x, initial_state=states[:1] * 4)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", LAYERS)
 def test_numpy_numbers_are_accepted_and_stored_as_python_numbers(kind, tmp_path):
     import json
 
     lengths = np.array([3, 9, 4])
-    layer = LAYERS[kind](np.int64(4), max_timesteps=lengths.max(), momentum=np.float32(0.9),
+    layer = kind.layer(np.int64(4), max_timesteps=lengths.max(), momentum=np.float32(0.9),
                          epsilon=np.float32(1e-3), dropout=np.float64(0.1))
     layer(np.zeros((2, 3, D), "float32"))
     config = layer.get_config()
@@ -1065,25 +1073,30 @@ def test_numpy_numbers_are_accepted_and_stored_as_python_numbers(kind, tmp_path)
         make_cell(kind, max_timesteps=np.float64(5.0))
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", LAYERS)
 def test_activity_regularizer_applies_to_the_layer_output(kind, rng):
     x = rng.normal(0, 1, (B, T, D)).astype("float32")
-    layer = LAYERS[kind](U, max_timesteps=T_MAX, activity_regularizer="l2", return_state=True)
+    layer = kind.layer(U, max_timesteps=T_MAX, activity_regularizer="l2", return_state=True)
     output, *_ = layer(x, training=True)
     assert not layer.cell.losses
     assert len(layer.losses) == 1
     np.testing.assert_allclose(to_numpy(layer.losses[0]), 0.01 * np.sum(to_numpy(output) ** 2),
                                rtol=1e-5)
-    again = LAYERS[kind].from_config(layer.get_config())
+    again = kind.layer.from_config(layer.get_config())
     assert again.get_config() == layer.get_config()
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", LAYERS)
 def test_stateful_samples_with_different_counters_update_their_own_slots(kind, rng):
     """After a masked batch, a stateful layer's samples are at steps 2 and 4; training on
     2 more steps must move slots 2, 3 (sample 0) and 4, 5 (sample 1), no other."""
-    layer = LAYERS[kind](U, max_timesteps=8, stateful=True, return_state=True)
+    layer = kind.layer(U, max_timesteps=8, stateful=True, return_state=True)
     x = rng.normal(0, 1, (2, 4, D)).astype("float32")
+    layer(x[:, :1])
+    # A random bias: with none, two samples' BN terms are exact opposites, and a SimpleRNN's
+    # (tanh is odd) h too: their recurrent term's batch mean is then exactly 0.
+    randomize_weights(layer, rng)
+    layer.reset_states()
     layer(x, mask=np.array([[True, True, False, False], [True] * 4]), training=True)
     assert to_numpy(layer.states[-1]).ravel().tolist() == [2.0, 4.0]
     before = moving_statistics(layer)
@@ -1120,9 +1133,9 @@ def _padded_text_training(layer_class, rng, batches, max_timesteps=12, short=3):
     return layer
 
 
-@pytest.mark.parametrize("layer_class", [BatchNormLSTM, BatchNormGRU])
+@pytest.mark.parametrize("kind", LAYERS)
 def test_steps_one_sample_per_batch_reaches_get_the_variance_across_those_samples(
-        layer_class, rng):
+        kind, rng):
     """One long sentence per batch of 8: past step 3 every batch variance is 0 (one sample),
     but the population variance of those slots must be the variance across the long
     sentences of all batches (as at the steps every sample reaches), so that inference on
@@ -1134,7 +1147,7 @@ def test_steps_one_sample_per_batch_reaches_get_the_variance_across_those_sample
     those states, which no batch of long sentences reproduces (docs/batch_norm_statistics.md).
     On the EMA of batch variances both checks fail: the variance goes to ~0, and the
     outputs differ by ~0.2 to 0.5 on average."""
-    layer = _padded_text_training(layer_class, rng, batches=400)
+    layer = _padded_text_training(kind.layer, rng, batches=400)
     long_batch = rng.normal(0, 1, (256, 12, D)).astype("float32")
     # The population of long sentences, measured on one big batch: its batch statistics.
     moving = moving_statistics(layer)
@@ -1175,7 +1188,7 @@ def test_recompute_population_statistics_of_a_model_taking_raw_strings():
     embed = keras.Model(inputs, embedded)
     vectors = [to_numpy(embed(b)) for b in batches]
     masks = [to_numpy(vectorize(b)) != 0 for b in batches]
-    assert_moving_close(layer, exact_averages("lstm", weights, vectors, masks))
+    assert_moving_close(layer, exact_averages(LSTM, weights, vectors, masks))
 
 
 def test_recompute_population_statistics_of_a_model_with_dict_inputs(rng):
@@ -1187,7 +1200,7 @@ def test_recompute_population_statistics_of_a_model_with_dict_inputs(rng):
     batches = [rng.normal(0, 1, (B, n, D)).astype("float32") for n in (3, 6)]
     dataset = [({"left": x[..., :1], "right": x[..., 1:]}, np.zeros(B)) for x in batches]
     assert recompute_population_statistics(model, dataset, verbose=0) == 2
-    assert_moving_close(layer, exact_averages("gru", weights, batches))
+    assert_moving_close(layer, exact_averages(GRU, weights, batches))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -1211,13 +1224,13 @@ def test_recompute_population_statistics_after_pooling(rng):
     batches = [rng.normal(0, 1, (B, 8, D)).astype("float32") for _ in range(2)]
     recompute_population_statistics(model, batches, verbose=0)
     pooled = [x.reshape(B, 4, 2, D).mean(axis=2) for x in batches]
-    assert_moving_close(layer, exact_averages("lstm", weights, pooled))
+    assert_moving_close(layer, exact_averages(LSTM, weights, pooled))
 
 
 @pytest.mark.parametrize("error", [OSError, KeyboardInterrupt])
 def test_recompute_population_statistics_keeps_the_old_statistics_on_failure(error, rng):
     layer = BatchNormLSTM(U, max_timesteps=T_MAX)
-    rnn = keras.layers.RNN(make_cell("gru"))
+    rnn = keras.layers.RNN(make_cell(GRU))
     inputs = keras.Input((None, D))
     model = keras.Model(inputs, [layer(inputs), rnn(inputs)])
     before = [randomize_weights(layer, rng), randomize_weights(rnn, rng)]
@@ -1233,3 +1246,91 @@ def test_recompute_population_statistics_keeps_the_old_statistics_on_failure(err
             np.testing.assert_array_equal(value, values[name], err_msg=name)
     # And the model is back to moving averages.
     assert layer.cell.statistics_accumulator is None and rnn.cell.statistics_accumulator is None
+
+
+# -- recompute_population_statistics touches nothing but the population statistics -------
+
+
+def all_values(model):
+    """Every variable of `model` and every state of its stateful layers, by path."""
+    values = {v.path: to_numpy(v) for v in model.variables}
+    for layer in model._flatten_layers():
+        if getattr(layer, "stateful", False):
+            for index, state in enumerate(layer.states):
+                values[f"{layer.name}/state_{index}"] = to_numpy(state)
+    return values
+
+
+def test_recompute_population_statistics_runs_the_model_in_inference_mode(rng):
+    """A Keras BatchNormalization before and after the layer, dropout before it and in
+    it: the cell's statistics are those of its inputs at inference (the first
+    BatchNormalization with its moving statistics, no dropout), and nothing else moves."""
+    inputs = keras.Input((None, D))
+    front = keras.layers.BatchNormalization()(inputs)
+    layer = BatchNormLSTM(U, max_timesteps=T_MAX, dropout=0.4, recurrent_dropout=0.4,
+                          return_sequences=True)
+    hidden = layer(keras.layers.Dropout(0.5)(front))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.BatchNormalization()(hidden)))
+    weights = randomize_weights(layer, rng)
+    for norm in (model.layers[1], model.layers[4]):
+        norm.moving_mean.assign(rng.normal(0, 1, norm.moving_mean.shape))
+        norm.moving_variance.assign(rng.uniform(0.5, 2, norm.moving_variance.shape))
+    before = all_values(model)
+    batches = [rng.normal(1.0, 2.0, (B, length, D)).astype("float32") for length in (6, 3)]
+    recompute_population_statistics(model, batches, verbose=0)
+    normalized = keras.Model(inputs, front)
+    expected = exact_averages(LSTM, weights, [to_numpy(normalized(x)) for x in batches])
+    assert_moving_close(layer, expected)
+    moving = {v.path for v in layer.non_trainable_variables}
+    for path, value in all_values(model).items():
+        if path not in moving:
+            np.testing.assert_array_equal(value, before[path], err_msg=path)
+
+
+def stateful_model(rng):
+    """A stateful BatchNormLSTM (8 slots) and a stateful keras LSTM, after a 3-step batch."""
+    model = keras.Sequential([
+        keras.Input((None, D), batch_size=B),
+        BatchNormLSTM(U, max_timesteps=8, stateful=True, return_sequences=True),
+        keras.layers.LSTM(U, stateful=True),
+        keras.layers.BatchNormalization(),
+        keras.layers.Dense(1),
+    ])
+    randomize_weights(model.layers[0], rng)
+    model(rng.normal(0, 1, (B, 3, D)).astype("float32"))
+    return model
+
+
+def test_recompute_population_statistics_restores_stateful_states(rng):
+    """The pass continues from the states (counter 3: slots 3..6 for two 2-step batches),
+    and the states are as before afterwards: the next call continues the user's sequence."""
+    model = stateful_model(rng)
+    before = all_values(model)
+    moving_before = moving_statistics(model.layers[0])
+    batches = [rng.normal(0, 1, (B, 2, D)).astype("float32") for _ in range(2)]
+    recompute_population_statistics(model, batches, verbose=0)
+    moving = {v.path for v in model.layers[0].non_trainable_variables}
+    for path, value in all_values(model).items():
+        if path not in moving:
+            np.testing.assert_array_equal(value, before[path], err_msg=path)
+    for name, value in moving_statistics(model.layers[0]).items():
+        np.testing.assert_array_equal(value[[0, 1, 2, 7]], moving_before[name][[0, 1, 2, 7]])
+        assert (value[3:7] != moving_before[name][3:7]).all(), name
+
+
+@pytest.mark.parametrize("error", [OSError, KeyboardInterrupt])
+def test_recompute_population_statistics_failing_midway_changes_nothing(error, rng):
+    """The data source fails on its second batch: every variable and state is as before."""
+    model = stateful_model(rng)
+    before = all_values(model)
+
+    def batches():
+        yield rng.normal(0, 1, (B, 4, D)).astype("float32")
+        raise error("batch 2 could not be read")
+
+    with pytest.raises(error):
+        recompute_population_statistics(model, batches(), verbose=0)
+    after = all_values(model)
+    assert set(after) == set(before)
+    for path, value in after.items():
+        np.testing.assert_array_equal(value, before[path], err_msg=path)

@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import kinds
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+# Every whole-sequence layer of keras_recnorm.kinds.KINDS -> its Keras twin.
+LAYER_TWINS = {k.layer.__name__: f"keras.layers.{k.keras_twin}" for k in kinds(layer=True)}
 
 
 def run(command, **env):
@@ -24,7 +28,7 @@ def rows(stdout):
     """`{layer: (twin, train ratio, train ms, infer ratio, infer ms)}` from the table."""
     table = {}
     for line in stdout.splitlines():
-        for twin in ("keras.layers.LSTM", "keras.layers.GRU"):
+        for twin in set(LAYER_TWINS.values()):
             if f" {twin} " in line:
                 name, rest = line.split(f" {twin} ")
                 fields = rest.split()
@@ -38,10 +42,8 @@ def test_quick_run_measures_every_layer_against_its_twin():
     assert "CPU: " in stdout and " cores" in stdout
     table = rows(stdout)
     expected = {
-        "keras.layers.LSTM": "keras.layers.LSTM", "LayerNormLSTM": "keras.layers.LSTM",
-        "BatchNormLSTM": "keras.layers.LSTM", "RNN(LayerNormLSTMCell)": "keras.layers.LSTM",
-        "hand-written LN cell": "keras.layers.LSTM", "keras.layers.GRU": "keras.layers.GRU",
-        "LayerNormGRU": "keras.layers.GRU", "BatchNormGRU": "keras.layers.GRU",
+        **LAYER_TWINS, **{twin: twin for twin in LAYER_TWINS.values()},
+        "RNN(LayerNormLSTMCell)": "keras.layers.LSTM", "hand-written LN cell": "keras.layers.LSTM",
     }
     assert {name: row[0] for name, row in table.items()} == expected
     for name, (_, *figures) in table.items():
@@ -82,10 +84,36 @@ def test_bad_shape_is_a_clear_error():
 
 
 @pytest.mark.skipif(not Path("/bin/bash").exists(), reason="needs bash")
-def test_gpu_script_runs_on_cpu_with_its_smoke_flag():
+def test_gpu_script_smoke_runs_every_kind_on_jax_and_torch_beside_torch_rnn():
+    from keras_recnorm.kinds import KINDS
+
     stdout = run(["bash", "benchmarks/gpu.sh", "--cpu-smoke"], PYTHON=sys.executable)
-    table = rows(stdout)
-    assert {"LayerNormLSTM", "LayerNormGRU", "keras.layers.LSTM", "keras.layers.GRU"} <= set(table)
+    summary = stdout.split("=== summary")[1]
+    table = {}
+    for line in summary.splitlines():
+        if line.startswith(("torch ", "jax ")):
+            fields = line.split()
+            table[fields[0], fields[1]] = (" ".join(fields[2:-6]), *map(float, fields[-6:]))
+    twins = ["keras.layers.LSTM", "keras.layers.GRU"]
+    ours = [k.layer.__name__ for k in KINDS if k.layer is not None]
+    expected = {(backend, name) for backend in ("torch", "jax") for name in twins + ours}
+    assert set(table) == expected | {("torch", "torch.nn.LSTM"), ("torch", "torch.nn.GRU")}
+    for (backend, name), (cudnn, *figures) in table.items():
+        # On a CPU nothing reaches cuDNN; only the twins and torch's RNNs are checked.
+        assert cudnn == ("-" if name in ours else "no"), (backend, name)
+        assert all(value > 0 for value in figures), (backend, name)
+    assert "backend jax: keras_recnorm" in summary and "backend torch: keras_recnorm" in summary
+
+
+def test_gpu_script_without_wheels_is_a_clear_error(tmp_path):
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu.sh", "--wheels", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env=ENV,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"gpu.sh: no wheels in '{tmp_path}': make them with 'make gpu-wheels' (they travel in .whl)."
+    )
 
 
 def test_profile_script_runs():

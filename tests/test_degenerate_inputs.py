@@ -12,15 +12,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_recnorm import (
-    LayerNormGRU,
-    LayerNormGRUCell,
-    LayerNormLSTM,
-    LayerNormLSTMCell,
-    LayerNormSimpleRNNCell,
-    normalization,
-)
-from tests.conftest import randomize_weights, set_weights_by_name, to_numpy
+from keras_recnorm import normalization
+from tests.conftest import kinds, randomize_weights, set_weights_by_name, to_numpy
 
 TENSORFLOW = keras.backend.backend() == "tensorflow"
 JAX = keras.backend.backend() == "jax"
@@ -40,22 +33,23 @@ def rnn_of(cell_class):
     return make
 
 
+def generic_of(layer_class):
+    return lambda units, **kwargs: generic(layer_class(units, **kwargs))
+
+
 # name -> a function of (units, return_sequences=, dtype=, **cell arguments) giving the
-# recurrent layer. "fused": the layer's loop (training: with the hand-written step
-# derivative on TensorFlow and JAX, differentiated by autograd on torch); the others
-# differentiate Keras's loop.
+# recurrent layer, for every layer-normalized kind of keras_recnorm.kinds.KINDS. "fused":
+# the layer's loop (training: with the hand-written step derivative on TensorFlow and JAX,
+# differentiated by autograd on torch); the others differentiate Keras's loop.
 FUSED_BACKEND = keras.backend.backend() in ("tensorflow", "jax", "torch")
-VARIANTS = {
-    "LayerNormLSTM-fused": LayerNormLSTM,
-    "LayerNormLSTM-generic": lambda units, **kwargs: generic(LayerNormLSTM(units, **kwargs)),
-    "LayerNormGRU-fused": LayerNormGRU,
-    "LayerNormGRU-generic": lambda units, **kwargs: generic(LayerNormGRU(units, **kwargs)),
-    "RNN(LayerNormLSTMCell)": rnn_of(LayerNormLSTMCell),
-    "RNN(LayerNormGRUCell)": rnn_of(LayerNormGRUCell),
-    "RNN(LayerNormSimpleRNNCell)": rnn_of(LayerNormSimpleRNNCell),
-}
-if not FUSED_BACKEND:  # no fused loop (another backend): each layer's two variants are one
-    del VARIANTS["LayerNormLSTM-generic"], VARIANTS["LayerNormGRU-generic"]
+LAYERS = [k.layer for k in kinds(family="layer_norm", layer=True)]
+VARIANTS = {}
+for layer_class in LAYERS:
+    VARIANTS[f"{layer_class.__name__}-fused"] = layer_class
+    if FUSED_BACKEND:  # elsewhere there is no fused loop: a layer's two variants are one
+        VARIANTS[f"{layer_class.__name__}-generic"] = generic_of(layer_class)
+for kind in kinds(family="layer_norm"):
+    VARIANTS[f"RNN({kind.cell.__name__})"] = rnn_of(kind.cell)
 
 
 def model_of(recurrent, timesteps, features):
@@ -64,7 +58,7 @@ def model_of(recurrent, timesteps, features):
 
 
 def test_the_variants_take_the_paths_they_name():
-    for layer in ("LayerNormLSTM", "LayerNormGRU"):
+    for layer in (layer_class.__name__ for layer_class in LAYERS):
         assert VARIANTS[f"{layer}-fused"](4).uses_fused_loop() == FUSED_BACKEND
         if FUSED_BACKEND:
             assert not VARIANTS[f"{layer}-generic"](4).uses_fused_loop()
@@ -173,7 +167,7 @@ def test_input_dropout_on_two_features_keeps_weights_finite(name):
 # -- everywhere else the derivative is the exact one ---------------------------------------
 
 
-def exact_layer_standardized(x, epsilon, centered=False):
+def exact_layer_standardized(x, epsilon, centered=False, exact=True):
     """The LN standardization in plain ops, differentiated by autodiff: the exact
     derivative (the package's float32/float64 statistics rule kept). The mean is
     subtracted even from an input centered by construction."""
@@ -183,27 +177,52 @@ def exact_layer_standardized(x, epsilon, centered=False):
     return (x - mean) * rstd, rstd
 
 
+def assert_gradients_are_exact(name, x, rng, monkeypatch, tolerance):
+    """The gradients of `sum(outputs · probe)` for `x` and every weight (random) of the
+    variant `name`, against autodiff of the plain LN formula (Keras's loop). Returns the
+    exact gradients, `[x] + weights`."""
+    probe = ops.convert_to_tensor(rng.normal(0, 1, x.shape[:2] + (5,)).astype(x.dtype))
+    layer = VARIANTS[name](5, return_sequences=True, dtype=x.dtype)
+    layer(x)
+    weights = randomize_weights(layer, rng)
+    got = gradients(layer, x, lambda outputs: ops.sum(outputs * probe))
+    monkeypatch.setattr(normalization, "_layer_standardized", exact_layer_standardized)
+    exact = generic(VARIANTS[name](5, return_sequences=True, dtype=x.dtype))
+    exact(x)
+    set_weights_by_name(exact, weights)
+    want = gradients(exact, x, lambda outputs: ops.sum(outputs * probe))
+    assert len(got) == len(want) == 1 + len(layer.trainable_variables)
+    for variable, a, b in zip(["x"] + layer.trainable_variables, got, want):
+        np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance * np.abs(b).max(),
+                                   err_msg=getattr(variable, "path", variable))
+    return dict(zip(["x"] + [v.path.split("/")[-1] for v in layer.trainable_variables], want))
+
+
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_gradient_is_exact_on_ordinary_inputs(name, rng, monkeypatch):
     """Every LN cell and layer, fused or not, against autodiff of the plain LN formula
     (Keras's loop), to 1e-6 relative in float64 (float32 on JAX: no float64 by default)."""
     dtype = "float32" if JAX else "float64"
     x = rng.normal(0, 1, (3, 7, 4)).astype(dtype)
-    probe = rng.normal(0, 1, (3, 7, 5)).astype(dtype)
-    layer = VARIANTS[name](5, return_sequences=True, dtype=dtype)
-    layer(x)
-    weights = randomize_weights(layer, rng)
-    probe = ops.convert_to_tensor(probe)
-    got = gradients(layer, x, lambda outputs: ops.sum(outputs * probe))
-    monkeypatch.setattr(normalization, "_layer_standardized", exact_layer_standardized)
-    exact = generic(VARIANTS[name](5, return_sequences=True, dtype=dtype))
-    exact(x)
-    set_weights_by_name(exact, weights)
-    want = gradients(exact, x, lambda outputs: ops.sum(outputs * probe))
-    assert len(got) == len(want) == 1 + len(layer.trainable_variables)
-    tolerance = 1e-4 if JAX else 1e-6
-    for a, b in zip(got, want):
-        np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance * np.abs(b).max())
+    assert_gradients_are_exact(name, x, rng, monkeypatch, tolerance=1e-4 if JAX else 1e-6)
+
+
+SMALL_INPUT_VARIANTS = [name for name in VARIANTS if "SimpleRNN" not in name and "generic" not in name]
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e-4, 1e-5, 1e-6, 1e-7])
+@pytest.mark.parametrize("name", SMALL_INPUT_VARIANTS)
+def test_gradient_is_exact_for_small_inputs(name, scale, rng, monkeypatch):
+    """Small but not constant inputs: the input term's LN doesn't compound along the
+    recurrence, so its derivative stays exact at every scale (the degenerate rule, which
+    cut it to 0 below var ~1e-6·ε, holds only for the recurrent and cell terms). The fused
+    loop and the cell in keras.layers.RNN against autodiff of the plain LN formula, in
+    float64 (float32 on JAX; Keras's torch matmul rounds float64 to float32)."""
+    dtype = "float32" if JAX else "float64"
+    x = (scale * rng.normal(0, 1, (3, 6, 4))).astype(dtype)
+    tolerance = 1e-4 if JAX or keras.backend.backend() == "torch" else 1e-6
+    exact = assert_gradients_are_exact(name, x, rng, monkeypatch, tolerance)
+    assert np.abs(exact["kernel"]).max() > 1e-3 * scale  # a real gradient, not 0 = 0
 
 
 def test_standardize_backward_zero_only_for_degenerate_rows(rng):

@@ -12,6 +12,7 @@ per-step batch statistics, each from the reference run on that replica's samples
 per step over the samples that reached it (Chan et al.), then one moving-average update.
 """
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -46,8 +47,8 @@ def merged_reference(kind, weights, x, mask, parts):
     `N·momentum/(1 − momentum)` samples, N the most samples of any step)."""
     from tests import reference
 
-    run = reference.bn_lstm if kind == "lstm" else reference.bn_gru
-    terms = reference.BN_TERMS[kind]
+    run = reference.for_kind(kind)
+    terms = reference.BN_TERMS[kind.recurrence]
     totals = {term: None for term in terms}
     for rows in np.array_split(np.arange(len(x)), parts):
         # A step no sample of this part reaches normalizes its padded samples (whose
@@ -86,7 +87,7 @@ def whole_batch_reference(kind, weights, x, mask):
     """The population statistics of the whole-sequence layer after one batch on one device."""
     from tests import reference
 
-    run = reference.bn_lstm if kind == "lstm" else reference.bn_gru
+    run = reference.for_kind(kind)
     with np.errstate(over="ignore"):
         _, _, moving = run(weights, x, mask=mask, training=True, momentum=MOMENTUM,
                            whole_sequence=True)
@@ -178,7 +179,7 @@ def _sequence_model(layer_class, **kwargs):
     return keras.Sequential([
         keras.Input((STEPS, FEATURES)),
         keras.layers.Masking(0.0),
-        layer_class(UNITS, max_timesteps=MAX_TIMESTEPS, momentum=MOMENTUM, name="rnn", **kwargs),
+        layer_class(UNITS, max_timesteps=MAX_TIMESTEPS, name="rnn", **{"momentum": MOMENTUM, **kwargs}),
         keras.layers.Dense(1),
     ])
 
@@ -208,17 +209,19 @@ def worker_mirrored(tmp_dir):
     import keras
     import tensorflow as tf
 
-    from keras_recnorm import BatchNormGRU, BatchNormLSTM, BatchNormLSTMCell
+    keras.utils.set_random_seed(0)
+
+    from keras_recnorm import BatchNormLSTM, BatchNormLSTMCell
     from keras_recnorm import recompute_population_statistics
     from keras_recnorm.export import export_saved_model
     from tests import reference
-    from tests.conftest import randomize_weights
+    from tests.conftest import kinds, randomize_weights
 
     x, mask, y = data()
     rng = np.random.default_rng(7)
-    for kind, layer_class in (("lstm", BatchNormLSTM), ("gru", BatchNormGRU)):
+    for kind in kinds(family="batch_norm", layer=True):
         with strategy.scope():
-            model = _sequence_model(layer_class)
+            model = _sequence_model(kind.layer)
             model.compile(keras.optimizers.SGD(0.0), "mse")
         cell = model.get_layer("rnn").cell
         weights = randomize_weights(cell, rng, scale=0.3)
@@ -230,14 +233,14 @@ def worker_mirrored(tmp_dir):
         one_device = merged_reference(kind, weights, x, mask, parts=1)
         for name, value in whole_batch_reference(kind, weights, x, mask).items():
             np.testing.assert_allclose(one_device[name], value, atol=1e-12, err_msg=name)
-        loop_term = "cell_moving_mean" if kind == "lstm" else "recurrent_moving_mean"
+        loop_term = "cell_moving_mean" if kind.recurrence == "lstm" else "recurrent_moving_mean"
         assert np.abs(_statistics(cell)[0][loop_term] - one_device[loop_term]).max() > 1e-4
 
         # recompute_population_statistics under the strategy: the whole batch on one device
         # (eager, cross-replica context), written to every copy.
         with strategy.scope():
             recompute_population_statistics(model, [x], verbose=0)
-        run = reference.bn_lstm if kind == "lstm" else reference.bn_gru
+        run = reference.for_kind(kind)
         with np.errstate(over="ignore"):
             _, _, _, stats = run(weights, x, mask=mask, training=True,
                                  return_batch_statistics=True)
@@ -252,12 +255,7 @@ def worker_mirrored(tmp_dir):
                                            atol=2e-5, err_msg=f"recompute {name}")
 
     # Training, save, load, export under the strategy.
-    with strategy.scope():
-        model = _sequence_model(BatchNormLSTM)
-        model.compile(keras.optimizers.Adam(0.05), "mse")
-    history = model.fit(x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0)
-    assert np.all(np.isfinite(history.history["loss"]))
-    assert history.history["loss"][-1] < history.history["loss"][0]
+    model = _check_training_step_mirrored(strategy, x, y)
     cell = model.get_layer("rnn").cell
     values, copies = _statistics(cell)
     for name in values:
@@ -295,13 +293,52 @@ def worker_mirrored(tmp_dir):
     _check_layer_norm_layers_mirrored(strategy, x, y)
 
 
+def _check_training_step_mirrored(strategy, x, y):
+    """One SGD step of the global batch under two replicas moves every weight as the
+    replicas' computation does on one device: each half of the batch through the model
+    by itself (the loop normalizes with that half's statistics), the gradient of the mean
+    of the two halves' losses; the mirrored copies stay identical. Returns the trained
+    model."""
+    import keras
+    import tensorflow as tf
+
+    from keras_recnorm import BatchNormLSTM
+    from tests.conftest import randomize_weights
+
+    learning_rate = 0.5
+    with strategy.scope():
+        mirrored = _sequence_model(BatchNormLSTM)
+        mirrored.compile(keras.optimizers.SGD(learning_rate), "mse")
+    randomize_weights(mirrored.get_layer("rnn").cell, np.random.default_rng(13), scale=0.3)
+    one_device = _sequence_model(BatchNormLSTM)
+    one_device.set_weights(mirrored.get_weights())
+    history = mirrored.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+    halves = np.array_split(np.arange(BATCH), strategy.num_replicas_in_sync)
+    with tf.GradientTape() as tape:
+        losses = [tf.reduce_mean(tf.square(one_device(x[rows], training=True) - y[rows]))
+                  for rows in halves]
+        loss = tf.add_n(losses) / len(halves)
+    gradients = tape.gradient(loss, one_device.trainable_variables)
+    for got, variable, gradient in zip(mirrored.trainable_variables,
+                                       one_device.trainable_variables, gradients):
+        want = variable.numpy() - learning_rate * gradient.numpy()
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
+                                   err_msg=got.path)
+        copies = [np.asarray(v) for v in got.value.values]
+        assert len(copies) == 2, got.path
+        np.testing.assert_array_equal(copies[0], copies[1], err_msg=got.path)
+    return mirrored
+
+
 def _check_layer_norm_layers_mirrored(strategy, x, y):
     """The LN layers' fused loop (its hand-written step derivative) under two replicas:
     one SGD step of the padded batch (one sample all padding) moves every weight as
     Keras's loop with autodiff does on one device, in float64."""
     import keras
 
-    from keras_recnorm import LayerNormGRU, LayerNormLSTM
+    from tests.conftest import kinds
 
     x = x.astype("float64")
     x[1] = 0.0  # a sample that is padding only
@@ -322,7 +359,7 @@ def _check_layer_norm_layers_mirrored(strategy, x, y):
         model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
         return model
 
-    for layer_class in (LayerNormLSTM, LayerNormGRU):
+    for layer_class in (kind.layer for kind in kinds(family="layer_norm", layer=True)):
         with strategy.scope():
             mirrored = trained(layer_class, fused=True)
         assert mirrored.get_layer("rnn").uses_fused_loop()
@@ -333,12 +370,47 @@ def _check_layer_norm_layers_mirrored(strategy, x, y):
             )
 
 
+def _check_features_with_large_means(strategy):
+    """Two replicas equal one device on the same global batch (momentum 0: the stored
+    statistics are the batch's) for features offset by 1e3 and 1e6, 100 times their
+    spread, float32: the replicas' moments are combined as deviations, not as
+    `Σx² − n·mean²` (which was ~1e-3 off here, and all off at the issue's 1e3·spread)."""
+    import keras
+
+    from keras_recnorm import BatchNormLSTM
+    from tests.conftest import randomize_weights, set_weights_by_name
+
+    x, mask, y = data()
+    for offset in (1e3, 1e6):
+        shifted = np.where(mask[..., None], offset + (offset / 100) * x, 0.0).astype("float32")
+        for synchronized in (False, True):
+            statistics = []
+            for mirrored in (True, False):
+                keras.utils.set_random_seed(5)
+                with strategy.scope() if mirrored else contextlib.nullcontext():
+                    model = _sequence_model(BatchNormLSTM, momentum=0.0, synchronized=synchronized)
+                    model.compile(keras.optimizers.SGD(0.0), "mse")
+                cell = model.get_layer("rnn").cell
+                if mirrored:
+                    weights = randomize_weights(cell, np.random.default_rng(9))
+                else:
+                    set_weights_by_name(cell, weights)
+                model.fit(shifted, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+                statistics.append(_statistics(cell)[0])
+            for name in ("input_moving_mean", "input_moving_variance"):
+                got, want = statistics[0][name], statistics[1][name]
+                np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=f"{offset}: {name}")
+
+
 def worker_synchronized():
     strategy = _two_cpu_strategy()
     import keras
     import tensorflow as tf
 
+    keras.utils.set_random_seed(0)
+
     from keras_recnorm import BatchNormGRU, BatchNormLSTM
+    from keras_recnorm.kinds import kind as named_kind
     from tests.conftest import randomize_weights
 
     x, mask, y = data()
@@ -359,7 +431,7 @@ def worker_synchronized():
     cell = model.get_layer("rnn").cell
     weights = randomize_weights(cell, rng, scale=0.3)
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
-    expected = whole_batch_reference("lstm", weights, x, mask)
+    expected = whole_batch_reference(named_kind("batch_norm_lstm"), weights, x, mask)
     values, copies = _statistics(cell)
     for name in ("input_moving_mean", "input_moving_variance"):
         np.testing.assert_allclose(values[name], expected[name], atol=2e-6, err_msg=name)
@@ -407,23 +479,25 @@ def worker_synchronized():
         else:  # per-replica input statistics: a different function, as documented
             assert np.abs(outputs - np.asarray(full)).max() > 1e-3
 
+    _check_features_with_large_means(strategy)
+
 
 def worker_jax_devices():
     import jax
     import keras
 
-    from keras_recnorm import BatchNormGRU, BatchNormLSTM, recompute_population_statistics
+    from keras_recnorm import recompute_population_statistics
     from tests import reference
-    from tests.conftest import randomize_weights
+    from tests.conftest import kinds, randomize_weights
 
-    reference_run = {"lstm": reference.bn_lstm, "gru": reference.bn_gru}
+    keras.utils.set_random_seed(0)
     devices = jax.devices()
     assert len(devices) == 2, devices
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
     x, mask, y = data()
     rng = np.random.default_rng(11)
-    for kind, layer_class in (("lstm", BatchNormLSTM), ("gru", BatchNormGRU)):
-        model = _sequence_model(layer_class)
+    for kind in kinds(family="batch_norm", layer=True):
+        model = _sequence_model(kind.layer)
         model.compile(keras.optimizers.SGD(0.0), "mse")
         cell = model.get_layer("rnn").cell
         weights = randomize_weights(cell, rng, scale=0.3)
@@ -440,8 +514,8 @@ def worker_jax_devices():
         # batch's steps 0..2.
         recompute_population_statistics(model, [x], verbose=0)
         with np.errstate(over="ignore"):
-            _, _, _, stats = reference_run[kind](weights, x, mask=mask, training=True,
-                                                 return_batch_statistics=True)
+            _, _, _, stats = reference.for_kind(kind)(weights, x, mask=mask, training=True,
+                                                      return_batch_statistics=True)
         for name, value in _statistics(cell)[0].items():
             term, statistic = name.split("_moving_")
             np.testing.assert_allclose(value[:3], stats[f"{term}_{statistic}"][:3], atol=2e-5,
@@ -457,6 +531,7 @@ def worker_jax_process(port, rank, tmp_dir):
     import keras
 
     from keras_recnorm import BatchNormLSTM
+    from keras_recnorm.kinds import kind as named_kind
 
     assert jax.process_count() == 2 and len(jax.devices()) == 2
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
@@ -472,7 +547,7 @@ def worker_jax_process(port, rank, tmp_dir):
     import tensorflow as tf
 
     model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH), epochs=1, verbose=0)
-    expected = whole_batch_reference("lstm", weights, x, mask)
+    expected = whole_batch_reference(named_kind("batch_norm_lstm"), weights, x, mask)
     found = {}
     for term in cell.normalized_terms:
         for statistic, variable in zip(("mean", "variance"), cell.moving(term)):

@@ -5,14 +5,17 @@ import keras
 import numpy as np
 import pytest
 
-from keras_recnorm import BatchNormGRU, BatchNormLSTM, LayerNormGRU, LayerNormLSTM
+from keras_recnorm import LayerNormLSTM
+from tests.conftest import kinds
 
-LAYERS = {
-    "LayerNormLSTM": lambda **kw: LayerNormLSTM(4, **kw),
-    "LayerNormGRU": lambda **kw: LayerNormGRU(4, **kw),
-    "BatchNormLSTM": lambda **kw: BatchNormLSTM(4, max_timesteps=3, **kw),
-    "BatchNormGRU": lambda **kw: BatchNormGRU(4, max_timesteps=3, **kw),
-}
+
+def layer_maker(kind):
+    extra = {"max_timesteps": 3} if kind.batch_norm else {}
+    return lambda **kw: kind.layer(4, **extra, **kw)
+
+
+# Every whole-sequence layer of keras_recnorm.kinds.KINDS, by class name.
+LAYERS = {kind.layer.__name__: layer_maker(kind) for kind in kinds(layer=True)}
 
 
 @pytest.mark.parametrize("name", LAYERS)

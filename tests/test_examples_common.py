@@ -8,14 +8,13 @@ import pytest
 
 import keras_recnorm
 from examples.common import arguments, cells, text_data
+from tests.conftest import kinds
 
+# Keras's layers, and every kind of keras_recnorm.kinds.KINDS with a layer, under its name.
 EXPECTED_CLASSES = {
     "lstm": keras.layers.LSTM,
     "gru": keras.layers.GRU,
-    "layer_norm_lstm": keras_recnorm.LayerNormLSTM,
-    "layer_norm_gru": keras_recnorm.LayerNormGRU,
-    "batch_norm_lstm": keras_recnorm.BatchNormLSTM,
-    "batch_norm_gru": keras_recnorm.BatchNormGRU,
+    **{kind.name: kind.layer for kind in kinds(layer=True)},
 }
 
 
@@ -140,3 +139,11 @@ def test_every_script_explains_every_option_and_reports_errors_in_one_line(scrip
     if cell is not None:  # the shared names, and the older ones listed
         assert set(cell.choices) - {"all"} <= set(cells.CELLS)
         assert "older names: layer_norm = layer_norm_lstm" in " ".join(text.split())
+
+
+@pytest.mark.parametrize("script", ["sentence_classification", "skip_thoughts"])
+def test_scripts_for_any_recurrent_layer_offer_every_cell(script):
+    """A kind added to keras_recnorm.kinds.KINDS is offered without an edit of the script."""
+    parser = importlib.import_module(f"examples.{script}").build_parser()
+    (cell,) = [a for a in parser._actions if "--cell" in a.option_strings]
+    assert set(cells.CELLS) <= set(cell.choices)

@@ -19,7 +19,7 @@ import pytest
 
 import keras_recnorm
 from keras_recnorm import export
-from tests.conftest import randomize_weights
+from tests.conftest import kinds, randomize_weights
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="export needs the TensorFlow backend"
@@ -43,19 +43,20 @@ CORPUS = [
     "an honest film about growing up",
 ]
 
-# Every family of our cells and layers: its class name in keras_recnorm, and how to make
-# the recurrent layer that goes into Bidirectional. Classes that have not landed yet are
-# skipped, and tested as soon as they appear in keras_recnorm/__init__.py.
-FAMILIES = {
-    "LayerNormLSTMCell": lambda cls: keras.layers.RNN(cls(UNITS)),
-    "LayerNormGRUCell": lambda cls: keras.layers.RNN(cls(UNITS)),
-    "BatchNormLSTMCell": lambda cls: keras.layers.RNN(cls(UNITS, max_timesteps=MAX_TIMESTEPS)),
-    "BatchNormGRUCell": lambda cls: keras.layers.RNN(cls(UNITS, max_timesteps=MAX_TIMESTEPS)),
-    "LayerNormLSTM": lambda cls: cls(UNITS),
-    "LayerNormGRU": lambda cls: cls(UNITS),
-    "BatchNormLSTM": lambda cls: cls(UNITS, max_timesteps=MAX_TIMESTEPS),
-    "BatchNormGRU": lambda cls: cls(UNITS, max_timesteps=MAX_TIMESTEPS),
-}
+
+def _family_makers():
+    """Every cell and layer of keras_recnorm.kinds.KINDS (cells first): its class name, and
+    how to make the recurrent layer that goes into Bidirectional from the class."""
+    cells, layers = {}, {}
+    for kind in kinds():
+        extra = {"max_timesteps": MAX_TIMESTEPS} if kind.batch_norm else {}
+        cells[kind.cell.__name__] = lambda cls, extra=extra: keras.layers.RNN(cls(UNITS, **extra))
+        if kind.layer is not None:
+            layers[kind.layer.__name__] = lambda cls, extra=extra: cls(UNITS, **extra)
+    return {**cells, **layers}
+
+
+FAMILIES = _family_makers()
 
 
 def recurrent_layer(family):
@@ -340,26 +341,56 @@ def onnx_tools():
     return onnxruntime
 
 
-@pytest.mark.parametrize("family", ["LayerNormLSTMCell", "BatchNormLSTMCell", "BatchNormLSTM"])
-def test_onnx_matches_predict_at_two_lengths(onnx_tools, family, tmp_path):
-    model = token_model(recurrent_layer(family))
+@pytest.fixture(scope="module")
+def onnx_export(onnx_tools, tmp_path_factory):
+    """One model with a branch per family (Embedding(mask_zero) -> family -> Dense, one named
+    output each; the BN layer also backwards, in Bidirectional), random weights and
+    population statistics, exported to ONNX once (one conversion instead of one per family:
+    the conversion takes most of the time) and run at two lengths, padded."""
+    ids = keras.Input(shape=(None,), dtype="int32")
+    embedded = keras.layers.Embedding(VOCABULARY, 6, mask_zero=True)(ids)
+    branches = {family: recurrent_layer(family) for family in FAMILIES}
+    branches["Bidirectional(BatchNormLSTM)"] = keras.layers.Bidirectional(
+        recurrent_layer("BatchNormLSTM"))
+    outputs = {name: keras.layers.Dense(2)(layer(embedded)) for name, layer in branches.items()}
+    model = keras.Model(ids, outputs)
     randomize_recurrent_weights(model, seed=7)
-    path = export.export_onnx(model, tmp_path / "model.onnx")
-    assert os.listdir(tmp_path) == ["model.onnx"]
-
+    directory = tmp_path_factory.mktemp("onnx")
+    # The tests below compare it with the model (export_onnx's own check runs the same).
+    path = export.export_onnx(model, directory / "model.onnx", verify=False)
     session = onnx_tools.InferenceSession(path, providers=["CPUExecutionProvider"])
-    (inputs,) = session.get_inputs()
-    (outputs,) = session.get_outputs()
-    assert (inputs.name, inputs.shape, inputs.type) == ("inputs", ["batch", "time"], "tensor(int32)")
-    assert outputs.name == "outputs" and outputs.shape == ["batch", 2]
     rng = np.random.default_rng(3)
+    runs = []
     for length in (3, 11):
         ids = rng.integers(1, VOCABULARY, size=(5, length)).astype(np.int32)
         ids[1, length - 1 :] = 0  # padding
         ids[2, 1:] = 0
-        expected = model.predict(ids, verbose=0)
-        (served,) = session.run(None, {"inputs": ids})
-        np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5)
+        names = [o.name for o in session.get_outputs()]
+        served = dict(zip(names, session.run(names, {"inputs": ids})))
+        runs.append((served, model.predict(ids, verbose=0)))
+    return {"files": os.listdir(directory), "session": session, "runs": runs}
+
+
+def test_onnx_graph_takes_inputs_and_names_each_output(onnx_export):
+    assert onnx_export["files"] == ["model.onnx"]
+    session = onnx_export["session"]
+    (inputs,) = session.get_inputs()
+    assert (inputs.name, inputs.shape, inputs.type) == ("inputs", ["batch", "time"], "tensor(int32)")
+    assert {(o.name, tuple(o.shape)) for o in session.get_outputs()} == {
+        (family, ("batch", 2)) for family in [*FAMILIES, "Bidirectional(BatchNormLSTM)"]}
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "Bidirectional(BatchNormLSTM)"])
+def test_onnx_matches_predict_at_two_lengths(onnx_export, family):
+    for served, expected in onnx_export["runs"]:
+        np.testing.assert_allclose(served[family], expected[family], rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_single_output_is_named_outputs(onnx_tools, ids_model, tmp_path):
+    path = export.export_onnx(ids_model, tmp_path / "model.onnx")
+    session = onnx_tools.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (outputs,) = session.get_outputs()
+    assert outputs.name == "outputs" and outputs.shape == ["batch", 2]
 
 
 def test_onnx_refuses_raw_string_models_and_existing_files(onnx_tools, ids_model, tmp_path):
@@ -553,7 +584,6 @@ def test_probe_argument_takes_one_batch_or_several(ids_model, text_exports):
 # --------------------------------------------------------------------------- LiteRT
 
 LITERT_BATCH, LITERT_LENGTH = 3, 7  # T above MAX_TIMESTEPS: the last slot serves the rest
-LITERT_FAMILIES = {**FAMILIES, "LayerNormSimpleRNNCell": lambda cls: keras.layers.RNN(cls(UNITS))}
 
 
 @pytest.fixture(scope="module")
@@ -564,7 +594,7 @@ def litert_export(tmp_path_factory):
     ids = keras.Input(shape=(None,), dtype="int32")
     embedded = keras.layers.Embedding(VOCABULARY, 6, mask_zero=True)(ids)
     branches = {}
-    for family, make in LITERT_FAMILIES.items():
+    for family, make in FAMILIES.items():
         cls = getattr(keras_recnorm, family, None)
         if cls is not None:
             branches[family] = make(cls)
@@ -586,7 +616,7 @@ def litert_export(tmp_path_factory):
     return {"path": path, "served": served, "expected": model.predict(x, verbose=0)}
 
 
-@pytest.mark.parametrize("family", [*LITERT_FAMILIES, "Bidirectional(BatchNormLSTM)"])
+@pytest.mark.parametrize("family", [*FAMILIES, "Bidirectional(BatchNormLSTM)"])
 def test_litert_matches_predict_for_every_cell_and_layer(litert_export, family):
     if family not in litert_export["expected"]:
         pytest.skip(f"{family} has not landed yet")
@@ -637,3 +667,81 @@ def test_litert_disagreement_raises_and_leaves_nothing(ids_model, tmp_path, monk
         export.export_litert(ids_model, tmp_path / "m.tflite", sequence_length=4)
     assert list(tmp_path.iterdir()) == []
 
+
+
+# ------------------------------------------------- dtypes LiteRT can't take, out-of-range requests
+
+
+def float_model(dtype=None):
+    """Float inputs (B, T, 3) -> LayerNormLSTM -> Dense, in `dtype` (a dtype or policy)."""
+    inputs = keras.Input((6, 3))
+    hidden = keras_recnorm.LayerNormLSTM(UNITS, dtype=dtype)(inputs)
+    return keras.Model(inputs, keras.layers.Dense(1, dtype=dtype)(hidden))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "mixed_float16", "mixed_bfloat16"])
+def test_litert_refuses_dtypes_it_cannot_take_in_one_line(tmp_path, dtype):
+    """Before the converter runs (whose error is a dump of 10⁵ characters that never says
+    the dtype), and leaving nothing on disk, not even the new parent directory."""
+    compute = {"float64": "float64", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
+    with pytest.raises(ValueError) as raised:
+        export.export_litert(float_model(dtype), tmp_path / "new" / "m.tflite")
+    message = str(raised.value)
+    assert "\n" not in message and len(message) < 400, message
+    assert f"computes in {compute[dtype]}" in message and "layer_norm_lstm" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_litert_export_removes_the_directories_it_made(ids_model, tmp_path, monkeypatch):
+    real = export.run_litert
+    monkeypatch.setattr(
+        export, "run_litert", lambda *a: {k: v + 1e-3 for k, v in real(*a).items()}
+    )
+    with pytest.raises(export.ExportVerificationError):
+        export.export_litert(ids_model, tmp_path / "a" / "b" / "m.tflite", sequence_length=4)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_model_script_refuses_a_float64_model_for_litert(tmp_path):
+    float_model("float64").save(tmp_path / "model.keras")
+    result = run_script(EXPORT_MODEL, tmp_path / "model.keras", tmp_path / "serving",
+                        "--litert", tmp_path / "lite" / "m.tflite")
+    assert result.returncode == 2 and result.stdout == ""
+    lines = stderr_lines(result)
+    assert len(lines) == 1 and "--litert" in lines[0] and "float64" in lines[0], lines
+    assert sorted(os.listdir(tmp_path)) == ["model.keras"]
+
+
+@pytest.fixture(scope="module")
+def float_export(tmp_path_factory):
+    return export.export_saved_model(float_model(), tmp_path_factory.mktemp("float"), verify=False)
+
+
+def test_predict_refuses_numbers_beyond_the_input_dtype(float_export, predict_module, capsys):
+    """1e40 would become inf in float32 (NumPy only warns) and be served."""
+    rows = np.zeros((1, 6, 3)).tolist()
+    rows[0][2][1] = 1e40
+    code = predict_module.main([float_export, "--json", json.dumps({"instances": rows})])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "instances[0][2][1] = 1e+40 is out of the range of float32" in lines[0]
+    rows[0][2][1] = 3e38  # within range: answered
+    assert predict_module.main([float_export, "--json", json.dumps({"instances": rows})]) == 0
+    assert "predictions" in json.loads(capsys.readouterr().out)
+
+
+def test_export_model_script_failing_litert_export_leaves_no_directory(ids_model, tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("export_model_script", EXPORT_MODEL)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    ids_model.save(tmp_path / "model.keras")
+    real = export.run_litert
+    monkeypatch.setattr(
+        export, "run_litert", lambda *a: {k: v + 1e-3 for k, v in real(*a).items()}
+    )
+    code = script.main([str(tmp_path / "model.keras"), str(tmp_path / "serving"), "--litert",
+                        str(tmp_path / "lite" / "new" / "m.tflite"), "--sequence-length", "4"])
+    assert code == 1
+    assert sorted(os.listdir(tmp_path)) == ["model.keras"]

@@ -5,6 +5,7 @@ import pytest
 
 import keras_recnorm
 from keras_recnorm.kinds import KINDS, kind
+from tests import reference
 
 
 def test_every_public_cell_and_layer_is_in_the_table():
@@ -29,3 +30,16 @@ def test_kind_is_consistent(k):
 def test_unknown_kind_is_a_one_line_error():
     with pytest.raises(ValueError, match="expected one of layer_norm_lstm"):
         kind("lstm")
+
+
+def test_every_kind_has_a_reference():
+    for k in KINDS:
+        assert callable(reference.for_kind(k)), k.name
+
+
+def test_a_kind_without_a_reference_fails_loudly():
+    """A new kind whose reference is not written yet fails every test that compares it,
+    with this message, rather than being skipped."""
+    unknown = KINDS[0]._replace(name="batch_norm_new", family="batch_norm", recurrence="new")
+    with pytest.raises(LookupError, match="no reference for batch_norm_new .*REFERENCES"):
+        reference.for_kind(unknown)

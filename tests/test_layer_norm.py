@@ -9,16 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_recnorm import (
-    LayerNormGRU,
-    LayerNormGRUCell,
-    LayerNormLSTM,
-    LayerNormLSTMCell,
-    LayerNormSimpleRNNCell,
-)
+from keras_recnorm.kinds import kind as named_kind
 from tests import reference
 from tests.conftest import (
     assert_padded_states_match_alone,
+    kinds,
     randomize_weights,
     set_weights_by_name,
     to_numpy,
@@ -27,14 +22,14 @@ from tests.conftest import (
 
 B, T, D, U = 3, 9, 4, 5
 
-# kind -> (cell class, reference function, number of states, Keras's own cell)
-CELLS = {
-    "lstm": (LayerNormLSTMCell, reference.ln_lstm, 2, keras.layers.LSTMCell),
-    "gru": (LayerNormGRUCell, reference.ln_gru, 1, keras.layers.GRUCell),
-    "simple_rnn": (LayerNormSimpleRNNCell, reference.ln_simple_rnn, 1, keras.layers.SimpleRNNCell),
-}
-KINDS = list(CELLS)
+# Every layer-normalized kind of cell (keras_recnorm.kinds.KINDS), and the three whose
+# own properties some tests check.
+KINDS = kinds(family="layer_norm")
+LAYERS = kinds(family="layer_norm", layer=True)
+LSTM, GRU, SIMPLE_RNN = map(
+    named_kind, ("layer_norm_lstm", "layer_norm_gru", "layer_norm_simple_rnn"))
 
+# recurrence -> the weights DESIGN.md fixes, in creation order (the .keras file order)
 EXPECTED_WEIGHTS = {
     "lstm": {"kernel": (D, 4 * U), "recurrent_kernel": (U, 4 * U), "bias": (4 * U,),
              "input_gamma": (4 * U,), "recurrent_gamma": (4 * U,), "cell_gamma": (U,),
@@ -47,18 +42,18 @@ EXPECTED_WEIGHTS = {
 
 
 def make_cell(kind, units=U, **kwargs):
-    return CELLS[kind][0](units, **kwargs)
+    return kind.cell(units, **kwargs)
 
 
 def reference_run(kind, weights, x, states=None, **kwargs):
     """The reference outputs and final states for `kind`, `states` as Keras orders them."""
     states = [] if states is None else [np.asarray(s) for s in states]
-    return CELLS[kind][1](weights, np.asarray(x, "float64"), *states, **kwargs)
+    return reference.for_kind(kind)(weights, np.asarray(x, "float64"), *states, **kwargs)
 
 
 def random_states(kind, rng, batch=B, units=U):
     return [rng.normal(0, 0.5, (batch, units)).astype("float32")
-            for _ in range(CELLS[kind][2])]
+            for _ in reference.STATES[kind.recurrence]]
 
 
 def built_rnn(kind, rng, x, cell_kwargs=None, **rnn_kwargs):
@@ -83,13 +78,13 @@ def test_weights_have_the_designed_names_and_shapes():
         layer = keras.layers.RNN(make_cell(kind))
         layer(x)
         got = {name: value.shape for name, value in weights_by_name(layer).items()}
-        assert got == EXPECTED_WEIGHTS[kind], kind
+        assert got == EXPECTED_WEIGHTS[kind.recurrence], kind.name
         # Weights are saved by creation order: the design fixes it too.
-        assert list(got) == list(EXPECTED_WEIGHTS[kind]), kind
+        assert list(got) == list(EXPECTED_WEIGHTS[kind.recurrence]), kind.name
 
 
 def test_default_initial_values():
-    layer = keras.layers.RNN(make_cell("lstm"))
+    layer = keras.layers.RNN(make_cell(LSTM))
     layer(np.zeros((B, T, D), "float32"))
     w = weights_by_name(layer)
     for name in ("input_gamma", "recurrent_gamma", "cell_gamma"):
@@ -120,7 +115,7 @@ def test_lstm_carries_the_raw_cell_state(rng):
     # The normalized cell state would have mean cell_beta and spread cell_gamma per
     # sample; the raw one grows with the input gates. Check it is the reference's raw c.
     x = rng.normal(0, 1, (B, T, D)).astype("float32")
-    layer, weights = built_rnn("lstm", rng, x, return_state=True)
+    layer, weights = built_rnn(LSTM, rng, x, return_state=True)
     _, _, c = layer(x)
     _, (_, want_c) = reference.ln_lstm(weights, x)
     np.testing.assert_allclose(to_numpy(c), want_c, atol=1e-5)
@@ -131,7 +126,7 @@ def test_lstm_carries_the_raw_cell_state(rng):
 def test_lstm_gradients_match_finite_differences(rng):
     """Autodiff of the LSTM cell against central finite differences, in float64."""
     x = rng.normal(0, 1, (2, 7, 3))
-    layer = keras.layers.RNN(LayerNormLSTMCell(4, dtype="float64"), dtype="float64",
+    layer = keras.layers.RNN(LSTM.cell(4, dtype="float64"), dtype="float64",
                              return_sequences=True, return_state=True)
     layer(x)
     randomize_weights(layer, rng)
@@ -182,7 +177,7 @@ def _outputs(layer, x):
 WIDE = 16
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", [LSTM, GRU])
 @pytest.mark.parametrize("scale,epsilon", [(2.0, 1e-5), (7.0, 1e-5), (0.1, 1e-9)])
 def test_invariant_to_scaling_the_input_sequence(kind, scale, epsilon, rng):
     # The input term is normalized on its own, so scaling every x_t cancels.
@@ -192,14 +187,14 @@ def test_invariant_to_scaling_the_input_sequence(kind, scale, epsilon, rng):
     np.testing.assert_allclose(_outputs(layer, x * scale), _outputs(layer, x), atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", [LSTM, GRU])
 def test_invariant_to_scaling_and_recentering_the_kernel(kind, rng):
     x = rng.normal(0, 1, (B, T, WIDE)).astype("float32")
     layer, weights = built_rnn(kind, rng, x, return_sequences=True, return_state=True)
     before = _outputs(layer, x)
     set_weights_by_name(layer, {"kernel": weights["kernel"] * 4.0})
     np.testing.assert_allclose(_outputs(layer, x), before, atol=1e-4)
-    if kind == "lstm":  # one LN over all 4U columns: adding a per-row constant cancels
+    if kind is LSTM:  # one LN over all 4U columns: adding a per-row constant cancels
         shift = rng.normal(0, 1, (WIDE, 1))
         set_weights_by_name(layer, {"kernel": weights["kernel"] + shift})
         np.testing.assert_allclose(_outputs(layer, x), before, atol=1e-4)
@@ -208,7 +203,7 @@ def test_invariant_to_scaling_and_recentering_the_kernel(kind, rng):
 def test_simple_rnn_invariant_to_scaling_both_kernels(rng):
     # The simple cell normalizes the sum x·W + h·U: only a joint scaling cancels.
     x = rng.normal(0, 1, (B, T, WIDE)).astype("float32")
-    layer, weights = built_rnn("simple_rnn", rng, x, return_sequences=True, return_state=True)
+    layer, weights = built_rnn(SIMPLE_RNN, rng, x, return_sequences=True, return_state=True)
     before = _outputs(layer, x)
     set_weights_by_name(layer, {"kernel": weights["kernel"] * 5.0,
                                 "recurrent_kernel": weights["recurrent_kernel"] * 5.0})
@@ -235,7 +230,7 @@ def test_bidirectional(kind, rng):
 
 def test_stacked_cells(rng):
     x = rng.normal(0, 1, (B, T, D)).astype("float32")
-    first, second = LayerNormLSTMCell(6), LayerNormGRUCell(U)
+    first, second = LSTM.cell(6), GRU.cell(U)
     layer = keras.layers.RNN(keras.layers.StackedRNNCells([first, second]),
                              return_sequences=True, return_state=True)
     layer(x)
@@ -328,7 +323,7 @@ def test_input_dropout_mask_is_shared_across_time(rng):
     # output equals the reference run on ONE masked copy of the input, rescaled.
     x_step = rng.normal(0, 1, (1, 1, D)).astype("float32")
     x = np.repeat(np.repeat(x_step, T, axis=1), 64, axis=0)
-    layer, weights = built_rnn("gru", rng, x, {"dropout": 0.5}, return_sequences=True)
+    layer, weights = built_rnn(GRU, rng, x, {"dropout": 0.5}, return_sequences=True)
     got = to_numpy(layer(x, training=True))
     candidates = [np.array(bits, "float32") for bits in np.ndindex(*(2,) * D)]
     outputs = {bits.tobytes(): reference.ln_gru(weights, x[:1] * bits / 0.5)[0][0]
@@ -363,19 +358,19 @@ def _non_default_arguments(kind):
         "recurrent_dropout": 0.25,
         "epsilon": 1e-3,
         "seed": 42,
-        "name": f"custom_{kind}",
+        "name": f"custom_{kind.name}",
         "trainable": False,
     }
-    if kind == "lstm":
+    if kind.recurrence == "lstm":
         arguments.update(recurrent_activation="hard_sigmoid", unit_forget_bias=False)
-    if kind == "gru":
+    if kind.recurrence == "gru":
         arguments.update(recurrent_activation="hard_sigmoid")
     return arguments
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_config_round_trips_every_argument(kind):
-    cls = CELLS[kind][0]
+    cls = kind.cell
     arguments = _non_default_arguments(kind)
     cell = cls(7, **arguments)
     config = cell.get_config()
@@ -391,7 +386,7 @@ def test_config_round_trips_every_argument(kind):
             assert type(got) is type(value), name
             assert got.get_config() == value.get_config(), name
     # Keras's own cell's arguments are all accepted (ours add the normalization ones).
-    keras_keys = set(CELLS[kind][3](7).get_config())
+    keras_keys = set(getattr(keras.layers, f"{kind.keras_twin}Cell")(7).get_config())
     assert keras_keys <= set(config), keras_keys - set(config)
     assert {"epsilon", "gamma_initializer", "beta_initializer", "gamma_regularizer",
             "beta_regularizer", "gamma_constraint", "beta_constraint"} <= set(config)
@@ -407,14 +402,15 @@ def test_keras_file_round_trip(kind, rng, tmp_path):
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)  # default safe_mode=True
-    assert type(loaded.layers[1].cell) is CELLS[kind][0]
+    assert type(loaded.layers[1].cell) is kind.cell
     np.testing.assert_array_equal(to_numpy(loaded(x)), to_numpy(model(x)))
 
 
 def test_export_saved_model_at_two_lengths(rng, tmp_path):
     inputs = keras.Input((None, D))
     branches = [keras.layers.RNN(make_cell(kind))(inputs) for kind in KINDS]
-    branches += [LayerNormLSTM(U)(inputs), LayerNormGRU(U, go_backwards=True)(inputs)]
+    # Every layer, every other one backwards.
+    branches += [kind.layer(U, go_backwards=i % 2 == 1)(inputs) for i, kind in enumerate(LAYERS)]
     model = keras.Model(inputs, keras.layers.Concatenate()(branches))
     for layer in model.layers:
         if isinstance(layer, keras.layers.RNN):
@@ -469,7 +465,7 @@ def test_input_rank_must_be_3(kind, shape):
 def test_invalid_arguments(kind, argument, value):
     kwargs = {"units": 4, argument: value}
     with pytest.raises(ValueError, match=f"`{argument}`.*{value!r}".replace("(", r"\(")):
-        CELLS[kind][0](**kwargs)
+        kind.cell(**kwargs)
 
 
 # -- numerics ------------------------------------------------------------------------------
@@ -532,19 +528,17 @@ def test_mixed_precision(kind, policy, atol, rng, float32_policy_afterwards):
     np.testing.assert_allclose(got, want, atol=atol)
 
 
-# -- the whole-sequence layers (LayerNormLSTM, LayerNormGRU) -------------------------------
-
-LAYERS = {"lstm": LayerNormLSTM, "gru": LayerNormGRU}
+# -- the whole-sequence layers (LayerNormLSTM, ...) ----------------------------------------
 
 
-@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("kind", LAYERS)
 @pytest.mark.parametrize("go_backwards", [False, True])
 def test_layer_matches_reference(kind, go_backwards, rng):
     x = rng.normal(0, 1, (B, T, D)).astype("float32")
-    layer = LAYERS[kind](U, return_sequences=True, return_state=True, go_backwards=go_backwards)
+    layer = kind.layer(U, return_sequences=True, return_state=True, go_backwards=go_backwards)
     layer(x)
     weights = randomize_weights(layer, rng)
-    assert {n: v.shape for n, v in weights.items()} == EXPECTED_WEIGHTS[kind]
+    assert {n: v.shape for n, v in weights.items()} == EXPECTED_WEIGHTS[kind.recurrence]
     initial = random_states(kind, rng)
     outputs, *states = layer(x, initial_state=initial)
     want, want_states = reference_run(kind, weights, x[:, ::-1] if go_backwards else x, initial)
@@ -552,14 +546,14 @@ def test_layer_matches_reference(kind, go_backwards, rng):
     assert_states_close(states, want_states)
 
 
-@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("kind", LAYERS)
 @pytest.mark.parametrize("zero_output_for_mask", [False, True])
 def test_layer_masking_matches_reference(kind, zero_output_for_mask, rng):
     x = rng.normal(0, 1, (B, T, D)).astype("float32")
     mask = np.ones((B, T), bool)
     mask[0, 6:] = False  # right padding
     mask[1, :4] = False  # left padding
-    layer = LAYERS[kind](U, return_sequences=True, return_state=True,
+    layer = kind.layer(U, return_sequences=True, return_state=True,
                          zero_output_for_mask=zero_output_for_mask)
     layer(x)
     weights = randomize_weights(layer, rng)
@@ -570,10 +564,10 @@ def test_layer_masking_matches_reference(kind, zero_output_for_mask, rng):
     assert_states_close(states, want_states)
 
 
-@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("kind", LAYERS)
 def test_layer_gradients_equal_the_cell_in_rnn(kind, rng):
     x = rng.normal(0, 1, (B, T, D)).astype("float32")
-    layer = LAYERS[kind](U, return_sequences=True)
+    layer = kind.layer(U, return_sequences=True)
     layer(x)
     weights = randomize_weights(layer, rng)
     rnn = keras.layers.RNN(make_cell(kind), return_sequences=True)
@@ -592,10 +586,10 @@ def test_layer_gradients_equal_the_cell_in_rnn(kind, rng):
         np.testing.assert_allclose(to_numpy(got), to_numpy(want), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("kind", LAYERS)
 def test_layer_stateful_unroll_and_dropout(kind, rng):
     x = rng.normal(0, 1, (B, 10, D)).astype("float32")
-    stateful = LAYERS[kind](U, stateful=True, return_sequences=True)
+    stateful = kind.layer(U, stateful=True, return_sequences=True)
     stateful(x[:, :5])
     weights = randomize_weights(stateful, rng)
     stateful.reset_state()
@@ -603,12 +597,12 @@ def test_layer_stateful_unroll_and_dropout(kind, rng):
     want, _ = reference_run(kind, weights, x)
     np.testing.assert_allclose(halves, want, atol=1e-5)
 
-    unrolled = LAYERS[kind](U, unroll=True, return_sequences=True)
+    unrolled = kind.layer(U, unroll=True, return_sequences=True)
     unrolled(x)
     set_weights_by_name(unrolled, weights)
     np.testing.assert_allclose(to_numpy(unrolled(x)), want, atol=1e-5)
 
-    dropped = LAYERS[kind](U, dropout=0.4, recurrent_dropout=0.3, return_sequences=True)
+    dropped = kind.layer(U, dropout=0.4, recurrent_dropout=0.3, return_sequences=True)
     dropped(x)
     set_weights_by_name(dropped, weights)
     first, second = to_numpy(dropped(x, training=True)), to_numpy(dropped(x, training=True))
@@ -616,14 +610,14 @@ def test_layer_stateful_unroll_and_dropout(kind, rng):
     np.testing.assert_allclose(to_numpy(dropped(x, training=False)), want, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("kind", LAYERS)
 def test_layer_config_and_keras_file(kind, rng, tmp_path):
     arguments = _non_default_arguments(kind)
     arguments.pop("trainable")
-    layer = LAYERS[kind](7, return_sequences=True, return_state=True, go_backwards=True,
+    layer = kind.layer(7, return_sequences=True, return_state=True, go_backwards=True,
                          stateful=False, unroll=True, zero_output_for_mask=True, **arguments)
     config = layer.get_config()
-    restored = LAYERS[kind].from_config(config)
+    restored = kind.layer.from_config(config)
     assert restored.get_config() == config
     for name in ("return_sequences", "return_state", "go_backwards", "unroll",
                  "zero_output_for_mask"):
@@ -632,23 +626,23 @@ def test_layer_config_and_keras_file(kind, rng, tmp_path):
     assert restored.cell.dropout == arguments["dropout"]
 
     inputs = keras.Input((None, D))
-    rnn = LAYERS[kind](U, return_sequences=True, dropout=0.1)
+    rnn = kind.layer(U, return_sequences=True, dropout=0.1)
     model = keras.Model(inputs, keras.layers.Dense(2)(rnn(inputs)))
     randomize_weights(rnn, rng)
     model.save(tmp_path / "layer.keras")
     loaded = keras.saving.load_model(tmp_path / "layer.keras")
-    assert type(loaded.layers[1]) is LAYERS[kind]
+    assert type(loaded.layers[1]) is kind.layer
     x = rng.normal(0, 1, (B, T, D)).astype("float32")
     np.testing.assert_array_equal(to_numpy(loaded(x)), to_numpy(model(x)))
 
 
-@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("kind", LAYERS)
 def test_layer_bad_input(kind):
     with pytest.raises(ValueError, match="`units`"):
-        LAYERS[kind](0)
+        kind.layer(0)
     with pytest.raises(ValueError, match="`epsilon`"):
-        LAYERS[kind](4, epsilon=0.0)
+        kind.layer(4, epsilon=0.0)
     with pytest.raises(ValueError, match="`dropout`"):
-        LAYERS[kind](4, dropout=1.0)
+        kind.layer(4, dropout=1.0)
     with pytest.raises(ValueError, match=r"(?i)rank|ndim|3"):
-        LAYERS[kind](4)(np.zeros((B, D), "float32"))
+        kind.layer(4)(np.zeros((B, D), "float32"))

@@ -1,4 +1,4 @@
-"""The whole-sequence layers: LayerNormLSTM, LayerNormGRU, BatchNormLSTM, BatchNormGRU.
+"""The whole-sequence layers: every kind of `keras_recnorm.kinds.KINDS` that has one.
 
 Backend-agnostic: `make test` runs this file on TensorFlow and again with
 KERAS_BACKEND=jax, where the BN layers must update their statistics after the loop.
@@ -9,42 +9,36 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_recnorm import (
-    BatchNormGRU,
-    BatchNormGRUCell,
-    BatchNormLSTM,
-    BatchNormLSTMCell,
-    LayerNormGRU,
-    LayerNormGRUCell,
-    LayerNormLSTM,
-    LayerNormLSTMCell,
-)
 from keras_recnorm import steps
+from keras_recnorm.kinds import kind as named_kind
 from tests import reference
-from tests.conftest import randomize_weights, set_weights_by_name, to_numpy, weights_by_name
+from tests.conftest import (
+    kinds,
+    randomize_weights,
+    set_weights_by_name,
+    to_numpy,
+    weights_by_name,
+)
 
 B, T, D, U, T_MAX = 6, 7, 3, 5, 5
 
-LAYERS = {
-    "ln_lstm": (LayerNormLSTM, LayerNormLSTMCell, {}),
-    "ln_gru": (LayerNormGRU, LayerNormGRUCell, {}),
-    "bn_lstm": (BatchNormLSTM, BatchNormLSTMCell, {"max_timesteps": T_MAX}),
-    "bn_gru": (BatchNormGRU, BatchNormGRUCell, {"max_timesteps": T_MAX}),
-}
-BN = ["bn_lstm", "bn_gru"]
+LAYERS = kinds(layer=True)
+BN = kinds(family="batch_norm", layer=True)
+
+
+def extra_arguments(kind):
+    return {"max_timesteps": T_MAX} if kind.batch_norm else {}
 
 
 def make_layer(kind, **kwargs):
-    layer_class, _, extra = LAYERS[kind]
-    return layer_class(U, **extra, **kwargs)
+    return kind.layer(U, **extra_arguments(kind), **kwargs)
 
 
 def built_pair(kind, rng, **rnn_kwargs):
     """The layer and `RNN(cell)` with the same random weights (and statistics)."""
-    layer_class, cell_class, extra = LAYERS[kind]
-    layer = layer_class(U, **extra, **rnn_kwargs)
+    layer = make_layer(kind, **rnn_kwargs)
     # unroll=True: the cell path then moves slot 0 once, as the layer does.
-    reference = keras.layers.RNN(cell_class(U, **extra), unroll=True, **rnn_kwargs)
+    reference = keras.layers.RNN(kind.cell(U, **extra_arguments(kind)), unroll=True, **rnn_kwargs)
     x = np.zeros((B, T, D), "float32")
     layer(x), reference(x)
     values = randomize_weights(reference, rng)
@@ -57,7 +51,7 @@ def input_term(layer, x):
 
 
 @pytest.mark.parametrize("training", [False, True])
-@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("kind", LAYERS)
 def test_layer_equals_rnn_of_cell(kind, training, rng):
     if training and kind in BN and keras.backend.backend() == "jax":
         pytest.skip("RNN(BN cell) refuses to train on JAX (test_bn_cell_training_on_jax_raises)")
@@ -82,21 +76,21 @@ def test_layer_equals_rnn_of_cell(kind, training, rng):
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX only")
 @pytest.mark.parametrize("kind", BN)
 def test_bn_cell_training_on_jax_raises(kind, rng):
-    _, cell_class, extra = LAYERS[kind]
-    model = keras.Sequential([keras.Input((T, D)), keras.layers.RNN(cell_class(U, **extra))])
+    model = keras.Sequential([keras.Input((T, D)),
+                              keras.layers.RNN(kind.cell(U, **extra_arguments(kind)))])
     model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(RuntimeError, match="use the whole-sequence layer"):
         model.train_on_batch(np.ones((B, T, D), "float32"), np.zeros((B, U), "float32"))
 
 
-@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("kind", LAYERS)
 def test_go_backwards_equals_rnn_of_cell(kind, rng):
     layer, reference = built_pair(kind, rng, return_sequences=True, go_backwards=True)
     x = rng.normal(0, 1, (B, T, D)).astype("float32")
     np.testing.assert_allclose(to_numpy(layer(x)), to_numpy(reference(x)), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("kind", LAYERS)
 def test_config_round_trip_and_keras_file(kind, rng, tmp_path):
     layer = make_layer(kind, return_sequences=True, dropout=0.1, recurrent_dropout=0.2,
                        epsilon=1e-3, go_backwards=True, name="recurrent")
@@ -158,7 +152,7 @@ def test_masked_training_matches_reference(kind, go_backwards, rng):
     mask[2] = mask[2, ::-1]  # left padding
     mask[4, 1] = False  # a hole
     outputs, *states = layer(x, mask=mask, training=True)
-    run = reference.bn_lstm if kind == "bn_lstm" else reference.bn_gru
+    run = reference.for_kind(kind)
     order = slice(None, None, -1) if go_backwards else slice(None)
     want, want_states, moving = run(weights, x[:, order], training=True, mask=mask[:, order],
                                     whole_sequence=True)
@@ -291,7 +285,7 @@ def test_inference_loop_matches_reference_and_keras_loop(kind, case, rng):
         mask = np.arange(timesteps)[None, :] < lengths[:, None]
         if padding in ("left", "both"):
             mask[1::2] = mask[1::2, ::-1]
-    n_states = 2 if kind == "bn_lstm" else 1
+    n_states = len(reference.STATES[kind.recurrence])
     initial = None
     if counters is not None:
         initial = [rng.normal(0, 0.5, (batch, U)).astype("float32") for _ in range(n_states)]
@@ -300,7 +294,7 @@ def test_inference_loop_matches_reference_and_keras_loop(kind, case, rng):
     got = layer(x, mask=mask, initial_state=initial)
     assert bool(layer.calls) == FORWARD_LOOP_BACKEND, "the loop that ran is not the expected one"
     order = slice(None, None, -1) if go_backwards else slice(None)
-    run = reference.bn_lstm if kind == "bn_lstm" else reference.bn_gru
+    run = reference.for_kind(kind)
     states = [] if initial is None else initial[:-1]
     step0 = None if initial is None else initial[-1]
     want, want_states, _ = run(weights, x[:, order], *states, step0=step0, training=False,
@@ -319,7 +313,7 @@ def test_inference_loop_matches_reference_and_keras_loop(kind, case, rng):
 
 @pytest.mark.parametrize("zero_output_for_mask", [False, True])
 @pytest.mark.parametrize("padding", [None, "right", "left", "empty_sample"])
-@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("kind", LAYERS)
 def test_last_output_alone_equals_keras_loop(kind, padding, zero_output_for_mask, rng):
     """Inference without `return_sequences` keeps no output but the last (the forward-only
     loop writes none): last output and states equal Keras's loop over the cell, for right
@@ -363,7 +357,7 @@ def test_stateful_inference_with_per_sample_counters(kind, rng):
             variable.assign(value)
     got = to_numpy(layer(x, mask=mask))
     assert bool(layer.calls) == FORWARD_LOOP_BACKEND
-    run = reference.bn_lstm if kind == "bn_lstm" else reference.bn_gru
+    run = reference.for_kind(kind)
     want, want_states, _ = run(weights, x, *states, step0=counters, training=False, mask=mask)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     np.testing.assert_allclose(to_numpy(old(x, mask=mask)), want, atol=1e-5, rtol=0)
@@ -380,7 +374,7 @@ def test_bidirectional_inference_equals_keras_loop_and_reference(kind, rng):
         bidirectional(x, mask=mask)
     new, old = pair
     keras_loop(old.forward_layer), keras_loop(old.backward_layer)
-    run = reference.bn_lstm if kind == "bn_lstm" else reference.bn_gru
+    run = reference.for_kind(kind)
     halves = []
     for direction, order in (("forward_layer", slice(None)), ("backward_layer", slice(None, None, -1))):
         weights = randomize_weights(getattr(new, direction), rng)
@@ -435,14 +429,14 @@ def test_fit_moves_every_slot_once_per_batch(kind, rng):
     np.testing.assert_allclose(moved, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("kind", LAYERS)
 def test_fit_learns(kind, rng):
     """Remember the sign of the first input through five more steps: chance gets 0.5."""
     x = rng.normal(0, 1, (256, 6, 2)).astype("float32")
     y = (x[:, 0, 0] > 0).astype("float32")
     model = keras.Sequential([
         keras.Input((6, 2)),
-        make_layer(kind) if kind in BN else LAYERS[kind][0](U),
+        make_layer(kind),
         keras.layers.Dense(1, activation="sigmoid"),
     ])
     # 0.02 was at the edge of stability for the BN layers (γ = 0.1 and h₀ = 0 scale the
@@ -452,7 +446,7 @@ def test_fit_learns(kind, rng):
     assert model.evaluate(x, y, verbose=0)[1] >= 0.9
 
 
-@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("kind", LAYERS)
 def test_stateful_halves_equal_whole(kind, rng):
     x = rng.normal(0, 1, (2, 6, D)).astype("float32")
     whole = make_layer(kind, return_sequences=True)
@@ -465,7 +459,7 @@ def test_stateful_halves_equal_whole(kind, rng):
     np.testing.assert_allclose(split, to_numpy(whole(x)), atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("kind", LAYERS)
 def test_unroll_equals_loop(kind, rng):
     x = rng.normal(0, 1, (B, T, D)).astype("float32")
     looped = make_layer(kind, return_sequences=True)
@@ -475,7 +469,7 @@ def test_unroll_equals_loop(kind, rng):
     np.testing.assert_allclose(to_numpy(unrolled(x)), to_numpy(looped(x)), atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("kind", LAYERS)
 def test_dropout_random_in_training_deterministic_in_inference(kind, rng):
     layer = make_layer(kind, dropout=0.3, recurrent_dropout=0.3)
     x = rng.normal(0, 1, (B, T, D)).astype("float32")
@@ -515,7 +509,7 @@ def test_fit_with_unknown_time_dimension(kind, rng):
     np.testing.assert_allclose(moving["input_moving_variance"], variance, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("kind", LAYERS)
 def test_empty_and_all_padded_batches_change_nothing(kind, rng):
     layer, _ = built_pair(kind, rng)
     before = weights_by_name(layer)
@@ -529,11 +523,10 @@ def test_empty_and_all_padded_batches_change_nothing(kind, rng):
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="string tensors")
-@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("kind", LAYERS)
 def test_string_input_is_a_clear_error(kind):
-    _, cell_class, extra = LAYERS[kind]
     text = np.array([[["a", "b"]]])
-    for layer in (make_layer(kind), keras.layers.RNN(cell_class(U, **extra))):
+    for layer in (make_layer(kind), keras.layers.RNN(kind.cell(U, **extra_arguments(kind)))):
         with pytest.raises(ValueError, match="expects numeric inputs.*TextVectorization"):
             layer(text)
 
@@ -612,7 +605,7 @@ def outputs_and_gradients(layer, x, mask, weigh):
         {"masked": True, "recurrent_dropout": 0.4, "seed": 3, "use_bias": False},
     ],
 )
-@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("kind", LAYERS)
 def test_fused_loop_gradients_equal_autodiff(kind, options, rng, float64_on_jax):
     """The hand-written step derivatives (every layer in training, on TensorFlow and JAX;
     on torch the driver's Python loop, differentiated by autograd) against the backend's
@@ -707,13 +700,14 @@ def test_one_activation_gates_equal_split_gates(rng):
         np.testing.assert_allclose(to_numpy(got), to_numpy(want), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("kind", LAYERS)
 def test_fused_loop_only_for_what_its_derivative_covers(kind):
     """Other activations, unroll, half precision or another backend: Keras's loop."""
     default = make_layer(kind)
     assert default.uses_fused_loop()
     assert not make_layer(kind, activation="relu").uses_fused_loop()
-    assert not make_layer(kind, recurrent_activation="hard_sigmoid").uses_fused_loop()
+    if kind.recurrence != "simple_rnn":  # gates
+        assert not make_layer(kind, recurrent_activation="hard_sigmoid").uses_fused_loop()
     assert not make_layer(kind, unroll=True).uses_fused_loop()
     assert not make_layer(kind, dtype="mixed_float16").uses_fused_loop()
 
@@ -726,7 +720,7 @@ def test_fused_ln_loop_ignores_non_finite_padding(rng):
 
     x, mask = padded_batch(rng)
     garbage = np.where(mask[..., None], x, np.inf).astype("float32")
-    layer = make_layer("ln_lstm", return_sequences=True)
+    layer = make_layer(named_kind("layer_norm_lstm"), return_sequences=True)
     layer(x)
     results = []
     for inputs in (x, garbage):

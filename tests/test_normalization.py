@@ -177,11 +177,69 @@ def test_merge_moments_by_slot_pools_the_steps_of_a_slot(rng):
     np.testing.assert_array_equal(mean[1], 0.0)
 
 
-def test_sums_round_trip(rng):
-    moments = _moments(rng.normal(3, 2, (6, 4)))
-    back = normalization.moments_from_sums(normalization.moments_to_sums(moments))
-    for got, want in zip(back, moments):
-        np.testing.assert_allclose(to_numpy(got), want, rtol=1e-5, atol=1e-4)
+def slot_truth(moments, shares):
+    """Float64 `merge_moments_by_slot`: slot s pools the parts (share·count, mean,
+    share·M2) of every step, by Chan's rule for many parts."""
+    count, mean, m2 = (np.asarray(v, "float64") for v in moments)
+    weights = shares * count[:, None]
+    slot_count = weights.sum(0)
+    slot_mean = weights.T @ mean / np.maximum(slot_count, 1e-30)[:, None]
+    spread = np.stack([(weights[:, s, None] * (mean - slot_mean[s]) ** 2).sum(0)
+                       for s in range(shares.shape[1])])
+    return slot_count, slot_mean, shares.T @ m2 + spread
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_merge_moments_by_slot_keeps_the_digits_of_drifting_means(rng, split):
+    """Step means that drift by 100 per step, spread ~1 (float32): each slot's M2 to 1e-5
+    relative (around one center for all steps it was up to ~1e-2 off). Slots as integers
+    and as shares; `split`: two steps' samples half at the next slot (a stateful layer's
+    samples with different counters), 1e-4."""
+    steps, features, num_slots = 12, 5, 8
+    count = rng.integers(2, 9, steps).astype("float32")
+    mean = (100.0 * np.arange(steps)[:, None] + rng.normal(0, 1, (steps, features))).astype("float32")
+    m2 = (count[:, None] * rng.uniform(0.5, 2, (steps, features))).astype("float32")
+    slots = np.minimum(np.arange(steps), num_slots - 1)  # the last slot pools 5 steps
+    shares = np.eye(num_slots)[slots]
+    if split:
+        for k in (0, 3):  # half of the samples one slot further
+            shares[k, k] = shares[k, k + 1] = 0.5
+            count[k] = 2 * (count[k] // 2)
+    want = slot_truth((count, mean, m2), shares)
+    for given in ([shares.astype("float32")] if split else [slots.astype("int32"), shares.astype("float32")]):
+        got = [to_numpy(v) for v in normalization.merge_moments_by_slot((count, mean, m2), given, num_slots)]
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+        np.testing.assert_allclose(got[1], want[1], atol=1e-6 * np.abs(want[1]).max())
+        # Parts away from a step's home slot: expanded around one center (documented).
+        np.testing.assert_allclose(got[2], want[2], rtol=1e-4 if split else 1e-5)
+
+
+def sum_over_parts(value):
+    """The all-reduce of `sum_moments` for parts stacked on axis 0: the sum over them,
+    handed back to every part."""
+    return ops.broadcast_to(ops.sum(value, axis=0, keepdims=True), ops.shape(value))
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3, 1e6])
+def test_sum_moments_over_parts_equals_the_whole_batch_at_large_means(rng, offset):
+    """Replicas' float32 moments (parts of 3, 2 and 0 samples per step) combined as by the
+    all-reduce equal the whole batch's moments on one device and `merge_moments` over the
+    parts, to 1e-5 relative, for features whose mean is 100 times their spread (float32
+    rounds a mean of 1e6 to 0.06: the spread is what it resolves); `Σx² − n·mean²` would
+    be ~1e-3 off there."""
+    spread = max(offset / 100, 1.0)
+    x = (offset + spread * rng.normal(0, 1, (5, 3, 4))).astype("float32")
+    parts = (x[:3], x[3:], x[:0])
+    moments = [normalization.batch_moments(part) for part in parts]
+    stacked = [ops.stack(values) for values in zip(*moments)]
+    count, mean, m2 = (to_numpy(v) for v in normalization.sum_moments(stacked, sum_over_parts))
+    whole = [to_numpy(v) for v in normalization.batch_moments(x)]
+    merged = normalization.merge_moments(normalization.merge_moments(moments[0], moments[1]), moments[2])
+    for want in (whole, [to_numpy(v) for v in merged]):
+        for part in range(3):  # every part holds the same result
+            np.testing.assert_array_equal(count[part], want[0])
+            np.testing.assert_allclose(mean[part], want[1], rtol=1e-6)
+            np.testing.assert_allclose(m2[part], want[2], rtol=1e-5)
 
 
 @pytest.mark.parametrize("num_steps", [3, 4, 9])  # fewer, as many, more steps than slots

@@ -344,7 +344,7 @@ def test_no_network_stops_at_once_with_one_line_and_no_files(tmp_path, capsys, m
 
 @pytest.mark.parametrize("argv, expected", [
     (["--train-file", "missing.txt"], "argument --train-file: no such file: missing.txt"),
-    (["--cell", "layer_norm_gru"], "argument --cell: invalid choice: 'layer_norm_gru'"),
+    (["--cell", "layernorm"], "argument --cell: invalid choice: 'layernorm'"),
     (["--units", "0"], "argument --units: expected a positive integer, got 0"),
     (["--cv", "5"], "--cv needs --train-file"),
     (["--train-file", __file__, "--cv", "5", "--seeds", "3"], "--cv already averages over folds"),

@@ -1,15 +1,11 @@
 """The recurrent layers the example scripts train, under one set of names.
 
 Every script's `--cell` takes its names from `CELLS` (each offers the ones it supports):
-
-| name              | layer                          | title in tables and plots |
-|-------------------|--------------------------------|---------------------------|
-| `lstm`            | `keras.layers.LSTM`            | LSTM                      |
-| `gru`             | `keras.layers.GRU`             | GRU                       |
-| `layer_norm_lstm` | `keras_recnorm.LayerNormLSTM`  | LN-LSTM                   |
-| `layer_norm_gru`  | `keras_recnorm.LayerNormGRU`   | LN-GRU                    |
-| `batch_norm_lstm` | `keras_recnorm.BatchNormLSTM`  | BN-LSTM                   |
-| `batch_norm_gru`  | `keras_recnorm.BatchNormGRU`   | BN-GRU                    |
+every kind of `keras_recnorm.kinds.KINDS` that has a whole-sequence layer, under the
+kind's name and title (`layer_norm_lstm`, `keras_recnorm.LayerNormLSTM`, "LN-LSTM"; ...),
+after the plain Keras layers those kinds are compared with (`lstm`, `keras.layers.LSTM`,
+"LSTM"; `gru`, `keras.layers.GRU`, "GRU"; ...). A kind added to the table is offered here
+without an edit.
 
 `layer_norm` and `batch_norm`, the names sentence_classification.py and sequential_mnist.py
 used first, are aliases of `layer_norm_lstm` and `batch_norm_lstm` (`ALIASES`).
@@ -23,24 +19,34 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from typing import NamedTuple
+
+import keras
+
+from keras_recnorm.kinds import KINDS
 
 
 class Cell(NamedTuple):
     title: str
-    layer: str  # module.Class, imported when a layer is built (Keras starts late)
-    normalization: str | None  # "layer", "batch" or None
+    layer: type  # the layer class
+    family: str | None  # "layer_norm", "batch_norm", or None for Keras's own layers
+    recurrence: str  # "lstm", "gru" or "simple_rnn"
 
 
-CELLS = {
-    "lstm": Cell("LSTM", "keras.layers.LSTM", None),
-    "gru": Cell("GRU", "keras.layers.GRU", None),
-    "layer_norm_lstm": Cell("LN-LSTM", "keras_recnorm.LayerNormLSTM", "layer"),
-    "layer_norm_gru": Cell("LN-GRU", "keras_recnorm.LayerNormGRU", "layer"),
-    "batch_norm_lstm": Cell("BN-LSTM", "keras_recnorm.BatchNormLSTM", "batch"),
-    "batch_norm_gru": Cell("BN-GRU", "keras_recnorm.BatchNormGRU", "batch"),
-}
+def _cells():
+    """Keras's layers under their recurrence's name (`lstm`: `keras.layers.LSTM`), then the
+    kinds' layers."""
+    plain, ours = {}, {}
+    for kind in KINDS:
+        if kind.layer is None:
+            continue
+        twin = getattr(keras.layers, kind.keras_twin)
+        plain.setdefault(kind.recurrence, Cell(kind.keras_twin, twin, None, kind.recurrence))
+        ours[kind.name] = Cell(kind.title, kind.layer, kind.family, kind.recurrence)
+    return {**plain, **ours}
+
+
+CELLS = _cells()
 ALIASES = {"layer_norm": "layer_norm_lstm", "batch_norm": "batch_norm_lstm"}
 TITLES = {name: cell.title for name, cell in CELLS.items()}
 
@@ -48,6 +54,11 @@ TITLES = {name: cell.title for name, cell in CELLS.items()}
 def canonical(name):
     """The name of `CELLS` that `name` stands for (aliases resolved; others unchanged)."""
     return ALIASES.get(name, name)
+
+
+def names(*, recurrence=None):
+    """The names of `CELLS`, in order; those of one `recurrence` (`"lstm"`, ...) if given."""
+    return tuple(name for name, cell in CELLS.items() if recurrence in (None, cell.recurrence))
 
 
 def cell_option(offered, *, default, help, all_cells=False):
@@ -70,8 +81,7 @@ def lookup(name):
 
 
 def layer_class(name):
-    module, _, class_name = lookup(name).layer.rpartition(".")
-    return getattr(importlib.import_module(module), class_name)
+    return lookup(name).layer
 
 
 def recurrent_layer(cell, units, *, max_timesteps=None, gamma=None, **kwargs):
@@ -86,13 +96,11 @@ def recurrent_layer(cell, units, *, max_timesteps=None, gamma=None, **kwargs):
             (default: the layer's, 0.1); ignored by the others.
         **kwargs: passed to the layer (`return_sequences`, `name`, initializers, ...).
     """
-    if lookup(cell).normalization == "batch":
+    if lookup(cell).family == "batch_norm":
         if max_timesteps is None:
             raise ValueError(f"{canonical(cell)} needs max_timesteps, the number of "
                              "per-step statistics (usually the sequence length).")
         kwargs["max_timesteps"] = max_timesteps
         if gamma is not None:
-            import keras
-
             kwargs["gamma_initializer"] = keras.initializers.Constant(gamma)
     return layer_class(cell)(units, **kwargs)
