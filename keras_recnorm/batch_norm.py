@@ -20,6 +20,7 @@ from keras_recnorm.base import (
     check_positive_int,
     check_unit_interval,
 )
+from keras_recnorm.compat import keep_input_dtypes
 from keras_recnorm.normalization import (
     batch_moments,
     batch_standardize,
@@ -110,7 +111,7 @@ class BatchNormCell(NormalizedCell):
         # Keras would cast every float argument, the step counter included, to the
         # compute dtype (a bfloat16 counter stops at 256): `call` casts all but the
         # counter itself.
-        self._convert_input_args = False
+        keep_input_dtypes(self)
 
     def add_moving_statistics(self, term, width):
         for statistic, initializer in (
@@ -800,6 +801,17 @@ class _BatchNormSequence(NormalizedRNN):
 
     def __init__(self, units, max_timesteps, **kwargs):
         super().__init__(units, max_timesteps=max_timesteps, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        # Keras casts floating call arguments to the compute dtype: under mixed_bfloat16 an
+        # initial step counter of 257 would arrive as 256. It counts whole steps, so there
+        # it travels as int32, which Keras leaves alone (`call` reads it as float32).
+        initial_state = kwargs.get("initial_state")
+        half = self.compute_dtype in ("float16", "bfloat16")
+        if half and isinstance(initial_state, (list, tuple)) and len(initial_state) == len(self.cell.state_size):
+            counter = ops.cast(initial_state[-1], "float32")
+            kwargs["initial_state"] = [*initial_state[:-1], ops.cast(ops.round(counter), "int32")]
+        return super().__call__(*args, **kwargs)
 
     # Per thread: tf.distribute.MirroredStrategy calls each replica's layer in its own
     # thread, at the same time.

@@ -7,6 +7,9 @@ fails there first.
 
 - `DropoutRNNCell`: `keras.layers.RNN` prepares and resets a cell's dropout masks only when
   the cell is an instance of this class, so our cells must subclass the class itself.
+- `keep_input_dtypes`: `Layer.__call__` casts every floating argument to the compute dtype;
+  the BN cells and layers must receive their step counter uncast (a bfloat16 counter
+  stops at 256), so they turn that off and cast the other arguments themselves.
 - `patch_tf2onnx`: Keras's fix of tf2onnx for NumPy 2, applied by Keras's own ONNX export.
 - `is_functional`, `run_through_graph`: whether a model is functional, and its layer calls in order, on new inputs, as
   `keras.models.clone_model` walks them; its public `call_function` can't add inputs (the
@@ -15,6 +18,12 @@ fails there first.
 
 import keras
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell  # noqa: F401
+
+
+def keep_input_dtypes(layer):
+    """Keras will pass `layer`'s call arguments in the dtypes they come in (it casts
+    floating ones to the compute dtype otherwise)."""
+    layer._convert_input_args = False
 
 
 def patch_tf2onnx():

@@ -50,7 +50,7 @@ def _gain_and_shift(x_hat, gamma, beta, dtype):
 def _feature_mean(x):
     """The mean over the last axis, kept as a length-1 axis, as a product with a column
     of ones: TensorFlow's XLA on CPU turns row reductions into two-stage loops, and the
-    product made LayerNormLSTM's steps 7-10% faster there (same on JAX)."""
+    product measured faster there and on JAX (docs/throughput.md)."""
     width = x.shape[-1]
     return ops.matmul(x, ops.ones((width, 1), dtype=x.dtype)) * (1.0 / width)
 

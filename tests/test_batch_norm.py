@@ -1334,3 +1334,28 @@ def test_recompute_population_statistics_failing_midway_changes_nothing(error, r
     assert set(after) == set(before)
     for path, value in after.items():
         np.testing.assert_array_equal(value, before[path], err_msg=path)
+
+
+@pytest.mark.parametrize("k", kinds(family="batch_norm", layer=True), ids=lambda k: k.name)
+def test_initial_counter_reaches_the_layer_uncast_under_mixed_bfloat16(k, rng, float32_policy_afterwards):
+    """Keras casts floating call arguments to the compute dtype: a bfloat16 counter of 257
+    would be read as 256, and the step would use slot 256's statistics."""
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    layer = k.layer(2, max_timesteps=300, return_state=True)
+    x = rng.normal(size=(1, 1, 3)).astype("float32")
+    layer(x)
+    for variable in layer.non_trainable_variables:  # every slot its own statistics
+        shape = tuple(variable.shape)
+        low = 0.5 if "variance" in variable.path else -2.0
+        variable.assign(rng.uniform(low, 2.0, shape).astype("float32"))
+    n_states = len(layer.cell.state_size) - 1
+    zeros = [np.zeros((1, 2), "float32")] * n_states
+
+    def run(step):
+        outputs = layer(x, initial_state=zeros + [np.full((1, 1), step, "float32")])
+        return to_numpy(outputs[0]).astype("float32"), to_numpy(outputs[-1])
+
+    out_257, counter = run(257.0)
+    out_256, _ = run(256.0)
+    np.testing.assert_array_equal(counter, [[258.0]])
+    assert np.abs(out_257 - out_256).max() > 1e-2

@@ -38,3 +38,18 @@ def test_patch_tf2onnx_applies_where_keras_has_it():
         assert applied
     except ImportError:
         assert not applied
+
+
+def test_keep_input_dtypes_leaves_a_layers_arguments_uncast():
+    """Keras casts floating call arguments to the compute dtype unless told not to: the BN
+    cells rely on that to receive their step counter uncast."""
+
+    class Echo(keras.layers.Layer):
+        def call(self, x):
+            return keras.ops.zeros((1,), dtype=x.dtype)
+
+    x = keras.ops.ones((2,), dtype="float64")
+    assert keras.backend.standardize_dtype(Echo()(x).dtype) == "float32"
+    kept = Echo()
+    compat.keep_input_dtypes(kept)
+    assert keras.backend.standardize_dtype(kept(x).dtype) == "float64"

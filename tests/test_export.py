@@ -120,6 +120,7 @@ def text_exports(tmp_path_factory):
     """Each available family as a text model, exported, then all checked against
     model.predict in one fresh process in which keras_recnorm can't be imported."""
     base = tmp_path_factory.mktemp("text_exports")
+    keras.utils.set_random_seed(0)  # the embeddings and heads, whichever test comes first
     exports, jobs = {}, []
     for i, family in enumerate(FAMILIES):
         cls = getattr(keras_recnorm, family, None)
@@ -173,7 +174,9 @@ def test_served_outputs_are_per_example_and_deterministic(text_exports, family):
     )
     assert batch.shape == (4, 3)
     np.testing.assert_array_equal(batch, again)
-    np.testing.assert_allclose(batch, alone, rtol=1e-5, atol=1e-6)
+    # float32 rounding differs between batch sizes (up to ~6e-7 here); batch statistics
+    # would differ by ~1e-1.
+    np.testing.assert_allclose(batch, alone, rtol=1e-5, atol=1e-5)
     expected = entry["model"].predict(np.array(sentences, dtype=object), verbose=0)
     np.testing.assert_allclose(batch, expected, rtol=1e-5, atol=1e-5)
     assert np.ptp(batch, axis=0).max() > 1e-3  # the examples differ: not a constant model
@@ -214,6 +217,7 @@ def test_text_signature_takes_raw_strings(text_exports):
 
 @pytest.fixture(scope="module")
 def ids_model():
+    keras.utils.set_random_seed(0)  # module fixtures run before the test's own seeding
     cls = getattr(keras_recnorm, "LayerNormLSTMCell", None)
     cell = cls(UNITS) if cls is not None else keras.layers.LSTMCell(UNITS)
     return token_model(keras.layers.RNN(cell), bidirectional=False)
@@ -591,6 +595,7 @@ def litert_export(tmp_path_factory):
     """One model with a branch per family (Embedding(mask_zero) -> family -> Dense, one
     named output each; the BN layer also backwards, in Bidirectional), random weights and
     population statistics, exported once (one conversion instead of ten), run once."""
+    keras.utils.set_random_seed(0)
     ids = keras.Input(shape=(None,), dtype="int32")
     embedded = keras.layers.Embedding(VOCABULARY, 6, mask_zero=True)(ids)
     branches = {}
@@ -714,6 +719,7 @@ def test_export_model_script_refuses_a_float64_model_for_litert(tmp_path):
 
 @pytest.fixture(scope="module")
 def float_export(tmp_path_factory):
+    keras.utils.set_random_seed(0)
     return export.export_saved_model(float_model(), tmp_path_factory.mktemp("float"), verify=False)
 
 

@@ -243,8 +243,8 @@ def _time_mixing_models():
         return keras.Model(inputs, keras.layers.MultiHeadAttention(1, 2)(steps, steps))
 
     return [
-        ("bidirectional", lambda: chain(seq(), keras.layers.Bidirectional(_lstm())),
-         "layer 'bidirectional' (Bidirectional) reads each sequence backward from its end"),
+        ("bidirectional", lambda: chain(seq(), keras.layers.Bidirectional(_lstm(), name="both")),
+         "layer 'both' (Bidirectional) reads each sequence backward from its end"),
         ("go_backwards", lambda: chain(seq(), _lstm(go_backwards=True, name="back")),
          "layer 'back' (RNN) has go_backwards=True: it reads each sequence from its end"),
         ("pooling", lambda: chain(seq(), _lstm(return_sequences=True),
