@@ -20,7 +20,7 @@ from keras_recnorm.base import (
     check_positive_int,
     check_unit_interval,
 )
-from keras_recnorm.compat import keep_input_dtypes
+from keras_recnorm.compat import all_layers, keep_input_dtypes
 from keras_recnorm.normalization import (
     batch_moments,
     batch_standardize,
@@ -1356,7 +1356,7 @@ def _saved_variables(model):
     model could move besides the trainable weights. Copies: a torch variable is assigned
     in place."""
     variables = list(model.non_trainable_variables)
-    for layer in model._flatten_layers():
+    for layer in all_layers(model):
         if getattr(layer, "stateful", False) and getattr(layer, "states", None) is not None:
             variables += keras.tree.flatten(layer.states)
     unique = {id(v): v for v in variables if isinstance(v, keras.Variable)}
@@ -1411,7 +1411,7 @@ def recompute_population_statistics(model, dataset, steps=None, verbose=1):
     >>> recompute_population_statistics(model, batches, verbose=0)
     3
     """
-    cells = [layer for layer in model._flatten_layers() if isinstance(layer, BatchNormCell)]
+    cells = [layer for layer in all_layers(model) if isinstance(layer, BatchNormCell)]
     if not cells:
         raise ValueError(
             "recompute_population_statistics: the model has no batch-normalized cell or layer "

@@ -11,6 +11,8 @@ fails there first.
   the BN cells and layers must receive their step counter uncast (a bfloat16 counter
   stops at 256), so they turn that off and cast the other arguments themselves.
 - `patch_tf2onnx`: Keras's fix of tf2onnx for NumPy 2, applied by Keras's own ONNX export.
+- `all_layers`: every layer a model holds, nested ones and cells inside `RNN` layers
+  included (Keras tracks them; `model.layers` lists only the top level).
 - `is_functional`, `run_through_graph`: whether a model is functional, and its layer calls in order, on new inputs, as
   `keras.models.clone_model` walks them; its public `call_function` can't add inputs (the
   states of `keras_recnorm.streaming`).
@@ -24,6 +26,12 @@ def keep_input_dtypes(layer):
     """Keras will pass `layer`'s call arguments in the dtypes they come in (it casts
     floating ones to the compute dtype otherwise)."""
     layer._convert_input_args = False
+
+
+def all_layers(model, include_self=True):
+    """Every layer of `model` (itself first with `include_self`), depth first: nested models'
+    layers, wrapped layers and the cells of `RNN` layers included."""
+    return list(model._flatten_layers(include_self=include_self))
 
 
 def patch_tf2onnx():

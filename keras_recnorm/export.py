@@ -842,7 +842,7 @@ def _check_litert_dtypes(model):
     (a dump of 10⁵ characters that names no dtype): one line naming the layer instead,
     before anything is converted or written. The input may be of another dtype (the
     first layer casts it)."""
-    for layer in model._flatten_layers(include_self=False):
+    for layer in compat.all_layers(model, include_self=False):
         dtype = keras.backend.standardize_dtype(layer.compute_dtype)
         if isinstance(layer, keras.layers.InputLayer) or "float" not in dtype or dtype == "float32":
             continue

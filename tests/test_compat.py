@@ -53,3 +53,15 @@ def test_keep_input_dtypes_leaves_a_layers_arguments_uncast():
     kept = Echo()
     compat.keep_input_dtypes(kept)
     assert keras.backend.standardize_dtype(kept(x).dtype) == "float64"
+
+
+def test_all_layers_reaches_nested_models_and_rnn_cells():
+    """recompute_population_statistics finds the BN cells inside RNN layers and nested
+    models, and export_litert checks every layer's dtype, through this walk."""
+    inner = keras.Sequential([keras.Input((3, 2)), keras.layers.RNN(keras.layers.GRUCell(4), name="rnn")])
+    outer = keras.Sequential([keras.Input((3, 2)), inner, keras.layers.Dense(1, name="head")])
+    found = compat.all_layers(outer)
+    assert found[0] is outer
+    assert inner in found and inner.layers[0] in found and inner.layers[0].cell in found
+    assert outer.layers[-1] in found
+    assert outer not in compat.all_layers(outer, include_self=False)
