@@ -191,11 +191,13 @@ class LayerNormLSTMCell(GatedCell):
             activation=_keras2_activation(activation),
             recurrent_activation=_keras2_activation(recurrent_activation),
             use_bias=use_bias,
+            # The LN arguments under Addons' names.
+            gamma_initializer=norm_gamma_initializer,
+            beta_initializer=norm_beta_initializer,
+            epsilon=norm_epsilon,
             kernel_initializer=kernel_initializer,
             recurrent_initializer=recurrent_initializer,
             bias_initializer=bias_initializer,
-            gamma_initializer=norm_gamma_initializer,
-            beta_initializer=norm_beta_initializer,
             kernel_regularizer=kernel_regularizer,
             recurrent_regularizer=recurrent_regularizer,
             bias_regularizer=bias_regularizer,
@@ -204,7 +206,6 @@ class LayerNormLSTMCell(GatedCell):
             bias_constraint=bias_constraint,
             dropout=dropout,
             recurrent_dropout=recurrent_dropout,
-            epsilon=norm_epsilon,
             seed=seed,
             # Not Addons' arguments: passing one is a TypeError, as it was in Addons.
             gamma_regularizer=None,

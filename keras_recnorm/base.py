@@ -381,10 +381,14 @@ class NormalizedRNN(keras.layers.RNN):
 
     def call(self, sequences, initial_state=None, mask=None, training=False):
         check_numeric_inputs(self, sequences)
-        result = super().call(sequences, initial_state=initial_state, mask=mask, training=training)
+        result = self.run_recurrence(sequences, initial_state, mask, training)
         if self.output_regularizer is not None:
             self.add_loss(self.output_regularizer(result[0] if self.return_state else result))
         return result
+
+    def run_recurrence(self, sequences, initial_state, mask, training):
+        """`keras.layers.RNN.call`: the states, the loop (`inner_loop`), the outputs."""
+        return super().call(sequences, initial_state=initial_state, mask=mask, training=training)
 
     @property
     def units(self):

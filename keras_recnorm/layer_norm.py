@@ -196,30 +196,22 @@ class LayerNormGRUCell(GatedCell):
         reset_after: must be `True` (the reset gate applies after the recurrent matmul,
             as in the paper's code and Keras's default); accepted for compatibility.
         activation: activation of the candidate `h̃` (default `tanh`).
-        use_bias: whether to add `bias`, the only shift of the normalized gate terms.
-        kernel_initializer, recurrent_initializer, bias_initializer: initializers of
-            `kernel` (default `glorot_uniform`), `recurrent_kernel` (`orthogonal`), `bias`.
         gamma_initializer: initializer of the four LN gains (`ones`).
         beta_initializer: accepted for a constructor like the other cells'; these LNs
             have no shift (`bias` is added after them).
-        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer, beta_regularizer: regularizers of those weights.
-        kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint, beta_constraint: constraints of those weights.
-        dropout: fraction of the input units to drop, in [0, 1). One mask per sequence.
-        recurrent_dropout: fraction of the recurrent state's units to drop, in [0, 1).
-        epsilon: added to the variance inside the square root (default 1e-5). In the
-            backward pass a normalized vector whose variance is below ~1e-6·epsilon
-            (e.g. all-zero input steps) is treated as a constant: its normalization
-            passes no gradient (docs/degenerate_inputs.md).
-        seed: random seed of the dropout masks.
+        **kwargs: `use_bias`, the other initializers, the regularizers and constraints,
+            `dropout`, `recurrent_dropout`, `epsilon` and `seed` as in
+            `LayerNormLSTMCell` (for `epsilon`, a normalized vector of variance below
+            ~1e-6·epsilon passes no gradient: docs/degenerate_inputs.md); the layer's own
+            `name`, `dtype`, `trainable`.
 
     Call arguments:
-        inputs: a 2D tensor `(batch, features)`, the input at one time step.
-        states: the list of state tensors of the previous step (see `state_size`).
+        inputs: one step's input, `(batch, features)`.
+        states: `[h]`.
         training: whether dropout is applied.
 
     Returns:
-        `(output, new_states)`: `h'` of shape `(batch, units)` and the list of the new
-        states.
+        `h'` and `[h']`.
 
     Example:
 
@@ -357,29 +349,19 @@ class LayerNormSimpleRNNCell(NormalizedCell):
         units: positive integer, dimensionality of the output space.
         activation: activation of the output (default `tanh`).
         use_bias: whether to add `bias`, the only shift of the normalized sum.
-        kernel_initializer, recurrent_initializer, bias_initializer: initializers of
-            `kernel` (default `glorot_uniform`), `recurrent_kernel` (`orthogonal`), `bias`.
         gamma_initializer: initializer of the LN gain `gamma` (`ones`).
-        beta_initializer: accepted for a constructor like the other cells'; this LN has
-            no shift (`bias` is added after it).
-        kernel_regularizer, recurrent_regularizer, bias_regularizer, gamma_regularizer, beta_regularizer: regularizers of those weights.
-        kernel_constraint, recurrent_constraint, bias_constraint, gamma_constraint, beta_constraint: constraints of those weights.
-        dropout: fraction of the input units to drop, in [0, 1). One mask per sequence.
-        recurrent_dropout: fraction of the recurrent state's units to drop, in [0, 1).
-        epsilon: added to the variance inside the square root (default 1e-5). In the
-            backward pass a normalized vector whose variance is below ~1e-6·epsilon
-            (e.g. all-zero input steps) is treated as a constant: its normalization
-            passes no gradient (docs/degenerate_inputs.md).
-        seed: random seed of the dropout masks.
+        **kwargs: `beta_initializer` (accepted; this LN has no shift), the kernels'
+            and bias's initializers, all regularizers and constraints, `dropout`,
+            `recurrent_dropout`, `epsilon`, `seed`: see `LayerNormLSTMCell`. And
+            `name`, `dtype`, `trainable`.
 
     Call arguments:
-        inputs: a 2D tensor `(batch, features)`, the input at one time step.
-        states: the list of state tensors of the previous step (see `state_size`).
+        inputs: the input of one step.
+        states: the list `[h]` of the previous step.
         training: whether dropout is applied.
 
     Returns:
-        `(output, new_states)`: `h'` of shape `(batch, units)` and the list of the new
-        states.
+        The output `h'` `(batch, units)`, and `[h']`.
 
     Example:
 
@@ -492,13 +474,9 @@ class LayerNormLSTM(_LayerNormSequence):
 
     Args:
         units: positive integer, dimensionality of the output space.
-        return_sequences: whether to return every step's output (default: the last one).
-        return_state: whether to return the final states as well.
-        go_backwards: whether to process the sequences backwards.
-        stateful: whether each batch's final states are the next batch's initial states.
-        unroll: whether to unroll the loop (it then runs as `RNN(LayerNormLSTMCell)`).
-        zero_output_for_mask: whether a masked step outputs zeros (default: the previous
-            output), as in `keras.layers.LSTM`.
+        return_sequences, return_state, go_backwards, stateful, unroll, zero_output_for_mask: as
+            in `keras.layers.LSTM` (`unroll` runs the layer as
+            `keras.layers.RNN(LayerNormLSTMCell)`).
         **kwargs: every other argument of `LayerNormLSTMCell` (activations, initializers,
             regularizers, constraints, dropout, `epsilon`, ...) and the layer's own
             (`name`, `dtype`, `trainable`).
@@ -531,39 +509,27 @@ class LayerNormGRU(_LayerNormSequence):
     """Layer-normalized GRU layer (Ba, Kiros & Hinton 2016).
 
     A `keras.layers.RNN` over a `LayerNormGRUCell` that it owns, constructed like
-    `keras.layers.GRU`: every argument of `LayerNormGRUCell`, plus `return_sequences`,
-    `return_state`, `go_backwards`, `stateful`, `unroll` and `zero_output_for_mask`.
-    Same weights (same names) and outputs as `keras.layers.RNN(LayerNormGRUCell(...))`.
-    Faster on TensorFlow and JAX (with the default activations, float32 or float64): the
-    loop runs the cell's step with its hand-written derivative
-    (`keras_recnorm.recurrence`) instead of differentiating the loop, and inference runs
-    it forward only; on torch, Python loops over the same step. Elsewhere it runs as
-    `RNN(LayerNormGRUCell)`.
+    `keras.layers.GRU`: the cell's arguments plus `keras.layers.RNN`'s; same weights
+    and outputs as `keras.layers.RNN(LayerNormGRUCell(...))`, with the faster loops
+    `LayerNormLSTM`'s docstring describes.
 
     Args:
         units: positive integer, dimensionality of the output space.
-        return_sequences: whether to return every step's output (default: the last one).
-        return_state: whether to return the final states as well.
-        go_backwards: whether to process the sequences backwards.
-        stateful: whether each batch's final states are the next batch's initial states.
-        unroll: whether to unroll the loop (it then runs as `RNN(LayerNormGRUCell)`).
-        zero_output_for_mask: whether a masked step outputs zeros (default: the previous
-            output), as in `keras.layers.GRU`.
-        **kwargs: every other argument of `LayerNormGRUCell` (activations, initializers,
-            regularizers, constraints, dropout, `epsilon`, ...) and the layer's own
-            (`name`, `dtype`, `trainable`).
+        return_sequences, return_state, go_backwards, stateful, unroll, zero_output_for_mask: as
+            in `keras.layers.GRU` (`unroll` runs the layer as
+            `keras.layers.RNN(LayerNormGRUCell)`).
+        **kwargs: every other argument of `LayerNormGRUCell` and the layer's own (`name`,
+            `dtype`, `trainable`).
 
     Call arguments:
         sequences: a 3D tensor `(batch, timesteps, features)`.
-        initial_state: optional list of initial state tensors.
+        initial_state: optional list of initial state tensors (`h`).
         mask: optional boolean `(batch, timesteps)`; masked steps leave the state as it
-            was (from `Embedding(mask_zero=True)`, `Masking`, or passed explicitly).
+            was.
         training: whether dropout is applied.
 
     Returns:
-        As `keras.layers.GRU`: the last output `(batch, units)`, or every step's
-        `(batch, timesteps, units)` with `return_sequences`; with `return_state`, a list
-        of that and the final states (`h`).
+        As `keras.layers.GRU`.
 
     Example:
 
@@ -578,49 +544,30 @@ class LayerNormGRU(_LayerNormSequence):
 
 @register
 class LayerNormSimpleRNN(_LayerNormSequence):
-    """Layer-normalized SimpleRNN layer (Ba, Kiros & Hinton 2016).
-
-    A `keras.layers.RNN` over a `LayerNormSimpleRNNCell` that it owns, constructed like
-    `keras.layers.SimpleRNN`: every argument of `LayerNormSimpleRNNCell`, plus
-    `return_sequences`, `return_state`, `go_backwards`, `stateful`, `unroll` and
-    `zero_output_for_mask`. Same weights (same names) and outputs as
-    `keras.layers.RNN(LayerNormSimpleRNNCell(...))`. Faster on TensorFlow and JAX (with the default `tanh`, float32 or float64): the
-    loop runs the cell's step with its hand-written derivative
-    (`keras_recnorm.recurrence`) instead of differentiating the loop, and inference runs
-    it forward only; on torch, Python loops over the same step. Elsewhere it runs as
-    `RNN(LayerNormSimpleRNNCell)`.
+    """Layer-normalized SimpleRNN layer (Ba, Kiros & Hinton 2016):
+    `keras.layers.RNN(LayerNormSimpleRNNCell(...))` as one layer, built like
+    `keras.layers.SimpleRNN`, with the same weights and outputs and the faster loops
+    that `LayerNormLSTM` describes.
 
     Args:
         units: positive integer, dimensionality of the output space.
-        return_sequences: whether to return every step's output (default: the last one).
-        return_state: whether to return the final states as well.
-        go_backwards: whether to process the sequences backwards.
-        stateful: whether each batch's final states are the next batch's initial states.
-        unroll: whether to unroll the loop (it then runs as `RNN(LayerNormSimpleRNNCell)`).
-        zero_output_for_mask: whether a masked step outputs zeros (default: the previous
-            output), as in `keras.layers.SimpleRNN`.
-        **kwargs: every other argument of `LayerNormSimpleRNNCell` (activation,
-            initializers, regularizers, constraints, dropout, `epsilon`, ...) and the
-            layer's own (`name`, `dtype`, `trainable`).
+        **kwargs: `keras.layers.RNN`'s arguments (`return_sequences`, `return_state`,
+            `go_backwards`, `stateful`, `unroll`, `zero_output_for_mask`), then
+            `LayerNormSimpleRNNCell`'s and the layer's (`name`, `dtype`, `trainable`).
 
     Call arguments:
-        sequences: a 3D tensor `(batch, timesteps, features)`.
-        initial_state: optional list of initial state tensors.
-        mask: optional boolean `(batch, timesteps)`; masked steps leave the state as it
-            was (from `Embedding(mask_zero=True)`, `Masking`, or passed explicitly).
-        training: whether dropout is applied.
+        sequences: `(batch, timesteps, features)`; `initial_state`: `[h]`; `mask`:
+            boolean `(batch, timesteps)`; `training`: whether dropout is applied.
 
     Returns:
-        As `keras.layers.SimpleRNN`: the last output `(batch, units)`, or every step's
-        `(batch, timesteps, units)` with `return_sequences`; with `return_state`, a list
-        of that and the final states (`h`).
+        What `keras.layers.SimpleRNN` returns.
 
     Example:
 
     >>> import numpy as np
     >>> from keras_recnorm import LayerNormSimpleRNN
-    >>> LayerNormSimpleRNN(16, return_sequences=True)(np.ones((4, 10, 3), "float32")).shape
-    TensorShape([4, 10, 16])
+    >>> LayerNormSimpleRNN(8)(np.ones((2, 4, 3), "float32")).shape
+    TensorShape([2, 8])
     """
 
     cell_class = LayerNormSimpleRNNCell
