@@ -3,7 +3,7 @@ dropout, config; a cell's Keras `call` derived from its step (`keras_recnorm.ste
 whole-sequence layer's loops.
 
 The paper-specific parts (where and how the pre-activations are normalized) live in
-`layer_norm.py` and `batch_norm.py`, the gate maths in `steps.py`.
+`layer_norm.py` and the `batch_norm` package, the gate maths in `steps.py`.
 """
 
 import inspect
