@@ -39,7 +39,7 @@ def test_wheel_holds_the_library_and_nothing_else(wheel):
     assert wheel.name == f"keras_recnorm-{keras_recnorm.__version__}-py3-none-any.whl"
     names = zipfile.ZipFile(wheel).namelist()
     modules = sorted(n for n in names if not n.startswith("keras_recnorm-"))
-    expected = sorted(f"keras_recnorm/{p.name}" for p in (ROOT / "keras_recnorm").glob("*.py"))
+    expected = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "keras_recnorm").rglob("*.py"))
     assert modules == expected
     assert "keras_recnorm/compat.py" in modules
 
