@@ -29,9 +29,8 @@ def require_tensorflow_backend(what):
 
 
 @contextlib.contextmanager
-def quiet_tf_logs(tf):
-    """Only TensorFlow's errors are logged inside the block."""
-    logger = tf.get_logger()
+def quiet_logs(logger):
+    """Only the errors of `logger` (a `logging.Logger`) are logged inside the block."""
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:

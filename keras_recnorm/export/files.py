@@ -10,11 +10,16 @@ import tempfile
 import numpy as np
 
 
+def already_exists(what):
+    """The error for an export whose file or version directory `what` is already there."""
+    return FileExistsError(f"{what} already exists; pass overwrite=True to replace it.")
+
+
 def target_file(path, overwrite):
     """`path` made absolute; a `FileExistsError` if it exists and `overwrite` is false."""
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it.")
+        raise already_exists(path)
     return path
 
 
@@ -84,9 +89,7 @@ def move_into_place(staging, target, overwrite):
         os.rename(staging, target)
         return
     if not overwrite:
-        raise FileExistsError(
-            f"Version directory {target} already exists; pass overwrite=True to replace it."
-        )
+        raise already_exists(f"Version directory {target}")
     # A directory can't be renamed over a non-empty one: move the old one aside (under a
     # name TF Serving ignores), put the new one in place, then delete the old one.
     parent, name = os.path.split(target)

@@ -10,18 +10,15 @@ import numpy as np
 
 from keras_recnorm import compat, streaming
 from keras_recnorm.base import check_positive_int
-from keras_recnorm.export.backend import (
-    import_tensorflow,
-    quiet_tf_logs,
-    require_tensorflow_backend,
-)
+from keras_recnorm.export.backend import import_tensorflow, quiet_logs, require_tensorflow_backend
 from keras_recnorm.export.files import staged_file, target_file
 from keras_recnorm.export.saved_model import write_saved_model
 from keras_recnorm.export.signature import (
     ENDPOINT_NAME,
     INPUT_NAME,
     model_input,
-    named_outputs,
+    raw_strings_error,
+    serving_function,
     streaming_input_specs,
     streaming_serving_function,
 )
@@ -163,11 +160,8 @@ def export_litert(
     check_litert_dtypes(model)
     dtype = keras.backend.standardize_dtype(x.dtype)
     if dtype == "string":
-        raise ValueError(
-            "Cannot export a model that takes raw strings to LiteRT: its built-in operators "
-            "have no TextVectorization. Export the model from the layer after "
-            "TextVectorization (it takes token ids) instead, e.g. "
-            "`keras.Model(model.layers[2].input, model.output)`, and tokenize on the device."
+        raise raw_strings_error(
+            "LiteRT", "its built-in operators have no TextVectorization", "device"
         )
     shape = [batch_size] + list(x.shape[1:])
     if len(shape) >= 2:
@@ -193,32 +187,29 @@ def export_litert(
             )
 
     with staged_file(path, ".tflite") as staging:
-        content = _convert_to_litert(_unrolled_copy(model, shape), tf.TensorSpec(shape, dtype), tf)
-        with open(staging, "wb") as f:
-            f.write(content)
+        copy = _unrolled_copy(model, shape)
+        _write_litert(copy, serving_function(copy, tf.TensorSpec(shape, dtype)), staging)
         if verify:
             _check_litert(model, staging, {"the probe": probe}, path)
     return path
 
 
-def _convert_to_litert(model, spec, tf, serve=None):
+def _write_litert(model, serve, path):
+    """Converts the `tf.function` `serve` over `model` to built-in LiteRT operators, into the
+    file `path`."""
+    tf = import_tensorflow()
     # Through a SavedModel: the converter freezes its variables into constants (from a
     # concrete function they would stay resource variables, uninitialized in LiteRT).
-    # `serve`: the function to convert, if not the one over `spec`.
-    if serve is None:
-
-        @tf.function(input_signature=[spec])
-        def serve(inputs):
-            return named_outputs(model(inputs, training=False))
-
     with tempfile.TemporaryDirectory(prefix="keras_recnorm-litert-") as directory:
         write_saved_model(model, serve, directory)
         converter = tf.lite.TFLiteConverter.from_saved_model(
             directory, signature_keys=[ENDPOINT_NAME]
         )
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        with quiet_tf_logs(tf):
-            return converter.convert()
+        with quiet_logs(tf.get_logger()):
+            content = converter.convert()
+    with open(path, "wb") as f:
+        f.write(content)
 
 
 def _check_litert(model, staging, probes, path):
@@ -233,7 +224,6 @@ def _check_litert(model, staging, probes, path):
 def _export_streaming_litert(model, path, batch_size, sequence_length, overwrite, verify, probe):
     """`export_litert` of a streaming model: a chunk of `sequence_length` steps (default
     1) and the states in, the outputs and the next states out."""
-    tf = import_tensorflow()
     check_positive_int("batch_size", batch_size)
     length = 1 if sequence_length is None else sequence_length
     specs = streaming_input_specs(model, batch_size, check_positive_int("sequence_length", length))
@@ -248,10 +238,7 @@ def _export_streaming_litert(model, path, batch_size, sequence_length, overwrite
 
     with staged_file(path, ".tflite") as staging:
         copy = _unrolled_copy(model, {spec.name: spec.shape.as_list() for spec in specs})
-        serve = streaming_serving_function(copy, specs)
-        content = _convert_to_litert(copy, None, tf, serve=serve)
-        with open(staging, "wb") as f:
-            f.write(content)
+        _write_litert(copy, streaming_serving_function(copy, specs), staging)
         if verify:
             _check_litert(model, staging, numbered_probes(probes), path)
     return path

@@ -9,13 +9,13 @@ import logging
 import warnings
 
 from keras_recnorm import compat, streaming
-from keras_recnorm.export.backend import (
-    import_tensorflow,
-    quiet_tf_logs,
-    require_tensorflow_backend,
-)
+from keras_recnorm.export.backend import import_tensorflow, quiet_logs, require_tensorflow_backend
 from keras_recnorm.export.files import staged_file, target_file
-from keras_recnorm.export.signature import serving_function, serving_input_spec
+from keras_recnorm.export.signature import (
+    raw_strings_error,
+    serving_function,
+    serving_input_spec,
+)
 from keras_recnorm.export.verification import (
     as_probe_list,
     check_against_predict,
@@ -97,11 +97,11 @@ def export_onnx(model, path, *, opset=None, overwrite=False, verify=True, probe=
     tf = import_tensorflow()
     spec = serving_input_spec(model)
     if spec.dtype == tf.string:
-        raise ValueError(
-            "Cannot export a model that takes raw strings to ONNX: ONNX has no counterpart "
-            "of TextVectorization's string splitting and vocabulary lookup. Export the model "
-            "from the layer after TextVectorization (it takes token ids) instead, e.g. "
-            "`keras.Model(model.layers[2].input, model.output)`, and tokenize on the client."
+        raise raw_strings_error(
+            "ONNX",
+            "ONNX has no counterpart of TextVectorization's string splitting and vocabulary "
+            "lookup",
+            "client",
         )
     onnx, onnxruntime, tf2onnx = import_onnx_tools()
     path = target_file(path, overwrite)
@@ -110,16 +110,10 @@ def export_onnx(model, path, *, opset=None, overwrite=False, verify=True, probe=
 
     with staged_file(path, ".onnx") as staging:
         _patch_tf2onnx()
-        tf2onnx_logger = logging.getLogger("tf2onnx")
-        level = tf2onnx_logger.level
-        tf2onnx_logger.setLevel(logging.ERROR)
-        try:
-            with quiet_tf_logs(tf):
-                model_proto, _ = tf2onnx.convert.from_function(
-                    serve, input_signature=[spec], opset=opset
-                )
-        finally:
-            tf2onnx_logger.setLevel(level)
+        with quiet_logs(logging.getLogger("tf2onnx")), quiet_logs(tf.get_logger()):
+            model_proto, _ = tf2onnx.convert.from_function(
+                serve, input_signature=[spec], opset=opset
+            )
         _name_dynamic_dims(model_proto, spec)
         onnx.save(model_proto, staging)
         if verify:

@@ -9,12 +9,13 @@ import tempfile
 import keras
 
 from keras_recnorm import streaming
-from keras_recnorm.export.backend import (
-    import_tensorflow,
-    quiet_tf_logs,
-    require_tensorflow_backend,
+from keras_recnorm.export.backend import import_tensorflow, quiet_logs, require_tensorflow_backend
+from keras_recnorm.export.files import (
+    already_exists,
+    check_version,
+    move_into_place,
+    next_version,
 )
-from keras_recnorm.export.files import check_version, move_into_place, next_version
 from keras_recnorm.export.signature import (
     ENDPOINT_NAME,
     serving_function,
@@ -37,7 +38,7 @@ def write_saved_model(model, serve, directory):
     archive.track(model)
     # The first endpoint is also written as `serving_default`, the one TF Serving uses.
     archive.add_endpoint(ENDPOINT_NAME, serve, input_signature=list(serve.input_signature))
-    with quiet_tf_logs(tf):
+    with quiet_logs(tf.get_logger()):
         archive.write_out(directory, verbose=False)
 
 
@@ -93,9 +94,7 @@ def export_saved_model(
     version = next_version(base_dir) if version is None else check_version(version)
     target = os.path.join(base_dir, str(version))
     if os.path.exists(target) and not overwrite:
-        raise FileExistsError(
-            f"Version directory {target} already exists; pass overwrite=True to replace it."
-        )
+        raise already_exists(f"Version directory {target}")
     if streamed:
         probes = streaming_probes(probe, model, specs) if verify else None
         serve = streaming_serving_function(model, specs)

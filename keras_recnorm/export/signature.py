@@ -83,6 +83,16 @@ def serving_function(model, spec):
     return serve
 
 
+def raw_strings_error(format_name, reason, tokenizer):
+    """The error for a model that takes raw strings, which `format_name` can't serve
+    (`reason`); `tokenizer` says where the token ids are made instead."""
+    return ValueError(
+        f"Cannot export a model that takes raw strings to {format_name}: {reason}. Export "
+        "the model from the layer after TextVectorization (it takes token ids) instead, e.g. "
+        f"`keras.Model(model.layers[2].input, model.output)`, and tokenize on the {tokenizer}."
+    )
+
+
 # ------------------------------------------------------------------------- streaming
 
 

@@ -68,6 +68,23 @@ def _vocabulary_words(model):
     return [w for w in vocabulary if isinstance(w, str) and w and w != "[UNK]"]
 
 
+def _token_ids(model, shape, rng):
+    """Random token ids of `shape` below the model's `Embedding` size (10 without one),
+    none of them 0: that id is the padding."""
+    embedding = _first_layer_of(model, "Embedding")
+    high = embedding.input_dim if embedding is not None else 10
+    return rng.integers(1, max(high, 2), size=shape)
+
+
+def _no_probe_for(dtype_name, expected):
+    """The error for an input dtype that no probe batch is made for; `expected` says what
+    `probe=` takes."""
+    return ValueError(
+        f"Cannot make a probe batch for an input of dtype {dtype_name}; pass `probe=` "
+        f"({expected})."
+    )
+
+
 def _default_probes(model, spec):
     """Two probe batches, at two sequence lengths when the time dimension is dynamic.
 
@@ -100,9 +117,7 @@ def _default_probes(model, spec):
     for length, batch in zip(lengths, batch_sizes):
         full = [batch] + ([length] if has_time else []) + [d or 3 for d in shape[2:]]
         if spec.dtype.is_integer:
-            embedding = _first_layer_of(model, "Embedding")
-            high = embedding.input_dim if embedding is not None else 10
-            x = rng.integers(1, max(high, 2), size=full)
+            x = _token_ids(model, full, rng)
             if dynamic_time and batch > 2:
                 x[1, length - 1 :] = 0  # padding (masked with `mask_zero=True`)
                 x[2, max(1, length // 2) :] = 0
@@ -112,10 +127,7 @@ def _default_probes(model, spec):
         elif spec.dtype.is_bool:
             probes.append(rng.random(full) < 0.5)
         else:
-            raise ValueError(
-                f"Cannot make a probe batch for an input of dtype {spec.dtype.name}; pass "
-                "`probe=` (a batch, or a list of batches)."
-            )
+            raise _no_probe_for(spec.dtype.name, "a batch, or a list of batches")
     return probes
 
 
@@ -142,18 +154,13 @@ def fixed_shape_probe(model, shape, dtype, seed=0):
     """A probe batch of the export's fixed shape; token ids end in some padding."""
     rng = np.random.default_rng(seed)
     if np.issubdtype(dtype, np.integer):
-        embedding = _first_layer_of(model, "Embedding")
-        high = embedding.input_dim if embedding is not None else 10
-        x = rng.integers(1, max(high, 2), size=shape)
+        x = _token_ids(model, shape, rng)
         if len(shape) >= 2 and shape[1] > 1:
             x[-1, shape[1] // 2 :] = 0  # padding (masked with `mask_zero=True`)
         return x.astype(dtype)
     if np.issubdtype(dtype, np.floating):
         return rng.standard_normal(shape).astype(dtype)
-    raise ValueError(
-        f"Cannot make a probe batch for an input of dtype {np.dtype(dtype).name}; pass "
-        "`probe=` (one batch of the export's shape)."
-    )
+    raise _no_probe_for(np.dtype(dtype).name, "one batch of the export's shape")
 
 
 def _as_streaming_probe(probe, specs):
@@ -246,15 +253,17 @@ def _compare(expected, served, what):
         )
 
 
+def _references(model, probes):
+    """`model.predict`'s outputs on each batch of `probes` (a dict by probe name)."""
+    return {probe_name: _reference_outputs(model, batch) for probe_name, batch in probes.items()}
+
+
 def check_against_predict(model, probes, run, what):
     """Raises `ExportVerificationError` unless `run(batch)`, an export run in this process,
     gives `model.predict`'s outputs on every batch of `probes` (a dict by probe name).
     `what` names the export in the message."""
-    expected, served = {}, {}
-    for probe_name, batch in probes.items():
-        expected[probe_name] = _reference_outputs(model, batch)
-        served[probe_name] = run(batch)
-    _compare(expected, served, what)
+    served = {probe_name: run(batch) for probe_name, batch in probes.items()}
+    _compare(_references(model, probes), served, what)
 
 
 # ------------------------------------------------------------------- fresh-process check
@@ -349,13 +358,18 @@ def _start_serving_process(jobs, workdir):
     return process, manifest
 
 
+def _stop(process):
+    """Kills the process and waits for it, so that it leaves no zombie and no open pipe."""
+    process.kill()
+    process.communicate()
+
+
 def _finish_serving_process(process, manifest):
     """Waits for the process; returns, per job, {probe name: {output name: array}}."""
     try:
         _, stderr = process.communicate(timeout=VERIFY_TIMEOUT_S)
     except BaseException:
-        process.kill()
-        process.communicate()
+        _stop(process)
         raise
     if process.returncode != 0:
         tail = "\n".join(stderr.strip().splitlines()[-5:])
@@ -387,16 +401,9 @@ def verify_saved_models(jobs, labels=None):
         process, manifest = _start_serving_process([(d, p) for _, d, p in jobs], workdir)
         try:
             # model.predict runs while the other process starts TensorFlow.
-            expected = [
-                {
-                    probe_name: _reference_outputs(model, batch)
-                    for probe_name, batch in numbered_probes(probes).items()
-                }
-                for model, _, probes in jobs
-            ]
+            expected = [_references(model, numbered_probes(probes)) for model, _, probes in jobs]
         except BaseException:
-            process.kill()
-            process.communicate()
+            _stop(process)
             raise
         served = _finish_serving_process(process, manifest)
     finally:
