@@ -134,7 +134,7 @@ def export_litert(
             must then be declared (`keras.Input((T, ...))`). For a streaming model
             (`keras_recnorm.streaming.to_streaming`), the chunk length, default 1: the file
             takes `"inputs"` `(batch_size, sequence_length, ...)` and the states, and returns
-            `"outputs"` and the next states (module docstring).
+            `"outputs"` and the next states (`keras_recnorm.export` docstring).
         overwrite: replace an existing file. Default `False` raises `FileExistsError`.
         verify: run the file in the LiteRT interpreter on a probe batch and compare with
             `model.predict` (1e-5); raises `ExportVerificationError` on disagreement.

@@ -73,8 +73,8 @@ def export_onnx(model, path, *, opset=None, overwrite=False, verify=True, probe=
     """Exports `model` to an ONNX file, with dynamic batch and time dimensions.
 
     The graph takes `"inputs"` and returns `"outputs"` like the SavedModel signature (see the
-    module docstring), traced with `training=False`. It is converted by `tf2onnx` (extra
-    `onnx`: `pip install 'keras_recnorm[onnx]'`).
+    `keras_recnorm.export` docstring), traced with `training=False`. It is converted by
+    `tf2onnx` (extra `onnx`: `pip install 'keras_recnorm[onnx]'`).
 
     A model that takes raw strings can't be converted: ONNX has no counterpart of
     `TextVectorization`'s string splitting and vocabulary lookup. Export the part after it

@@ -49,8 +49,8 @@ def export_saved_model(
 
     Writes `base_dir/<version>/` (`saved_model.pb`, `variables/`, `assets/`), the layout TF
     Serving watches. The signature `serving_default` (also `serve`) takes `"inputs"` and
-    returns `"outputs"` (see the module docstring); the model runs with `training=False`,
-    so batch-normalized cells and layers use their population statistics.
+    returns `"outputs"` (see the `keras_recnorm.export` docstring); the model runs with
+    `training=False`, so batch-normalized cells and layers use their population statistics.
 
     The export is atomic: it is written to a hidden temporary directory inside `base_dir`
     and renamed to `<version>` only once complete (and verified); any failure removes it.
@@ -58,7 +58,7 @@ def export_saved_model(
     Args:
         model: a built Keras model with one input (TensorFlow backend), or a streaming
             model (`keras_recnorm.streaming.to_streaming`), whose signature also takes and
-            returns the states (module docstring).
+            returns the states (`keras_recnorm.export` docstring).
         base_dir: the model's directory (created if missing); one subdirectory per version.
         version: positive integer; `None` (default) means one more than the largest integer
             version already in `base_dir` (1 if none).
