@@ -218,6 +218,9 @@ def main(argv=None):
 
     import keras_recnorm  # noqa: F401  (registers our layers and cells for loading)
     from keras_recnorm import export
+    from keras_recnorm.export.files import missing_directories
+    from keras_recnorm.export.litert import check_litert_dtypes
+    from keras_recnorm.export.onnx_export import import_onnx_tools
 
     try:
         model = keras.saving.load_model(args.model, compile=False)
@@ -238,7 +241,7 @@ def main(argv=None):
                 "which ONNX can't express; export without --onnx"
             )
         try:
-            export._import_onnx_tools()
+            import_onnx_tools()
         except ImportError as error:
             return fail(f"--onnx: {one_line(error)}")
     if args.litert is not None:
@@ -254,7 +257,7 @@ def main(argv=None):
                 "fixed: pass --sequence-length T"
             )
         try:
-            export._check_litert_dtypes(model)
+            check_litert_dtypes(model)
         except ValueError as error:
             return fail(f"--litert: {one_line(error)}")
 
@@ -266,7 +269,7 @@ def main(argv=None):
     for what, target in (("ONNX", args.onnx), ("LiteRT", args.litert)):
         if target is not None:
             final = os.path.abspath(target)
-            created_dirs += export._missing_directories(os.path.dirname(final))
+            created_dirs += missing_directories(os.path.dirname(final))
             os.makedirs(os.path.dirname(final), exist_ok=True)
             staging_dirs.append(tempfile.mkdtemp(prefix=".partial-", dir=os.path.dirname(final)))
             side_files[final] = (what, os.path.join(staging_dirs[-1], os.path.basename(final)))

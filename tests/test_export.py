@@ -1,4 +1,4 @@
-"""Tests of keras_recnorm/export.py and of the export/ command-line tools.
+"""Tests of keras_recnorm/export/ and of the export/ command-line tools.
 
 Exports are expensive (tracing, and ~10 s for each fresh verifying process), so the
 module-scoped fixtures export each model once and verify all the text models in one fresh
@@ -19,6 +19,7 @@ import pytest
 
 import keras_recnorm
 from keras_recnorm import export
+from keras_recnorm.export import litert, saved_model, verification
 from tests.conftest import kinds, randomize_weights
 
 pytestmark = pytest.mark.skipif(
@@ -132,10 +133,10 @@ def text_exports(tmp_path_factory):
         before = [w.copy() for w in model.get_weights()]
         path = export.export_saved_model(model, base / family, verify=False)
         unchanged = all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
-        probes = export._default_probes(model, export.serving_input_spec(model))
+        probes = verification._default_probes(model, export.serving_input_spec(model))
         exports[family] = {"model": model, "path": path, "probes": probes, "unchanged": unchanged}
         jobs.append((model, path, probes))
-    errors = export._verify_saved_models(jobs) if jobs else []
+    errors = verification.verify_saved_models(jobs) if jobs else []
     for entry, error in zip(exports.values(), errors):
         entry["error"] = error
     return exports
@@ -185,7 +186,7 @@ def test_served_outputs_are_per_example_and_deterministic(text_exports, family):
 def test_verifying_process_cannot_import_the_package(tmp_path):
     """The hiding at the top of the verifying process is what keeps keras_recnorm away
     (it is installed, editable, in this environment)."""
-    prefix = export._VERIFY_CHILD.split("import numpy as np")[0]
+    prefix = verification._VERIFY_CHILD.split("import numpy as np")[0]
     probe = "import importlib.util; print(importlib.util.find_spec('keras_recnorm') is None)"
     hidden = subprocess.run(
         [sys.executable, "-c", prefix + probe], capture_output=True, text=True, cwd=tmp_path
@@ -288,7 +289,7 @@ def test_failure_midway_leaves_no_version_directory(ids_model, tmp_path, monkeyp
         Path(directory, "variables").mkdir()
         raise RuntimeError("disk full (injected)")
 
-    monkeypatch.setattr(export, "_write_saved_model", write_half_then_fail)
+    monkeypatch.setattr(saved_model, "write_saved_model", write_half_then_fail)
     with pytest.raises(RuntimeError, match="injected"):
         export.export_saved_model(ids_model, base, verify=False)
     if base_exists:
@@ -299,12 +300,12 @@ def test_failure_midway_leaves_no_version_directory(ids_model, tmp_path, monkeyp
 
 def test_disagreement_raises_with_the_difference_and_leaves_nothing(ids_model, tmp_path, monkeypatch):
     """The real fresh-process check, against references shifted by 0.5."""
-    reference = export._reference_outputs
+    reference = verification._reference_outputs
 
     def shifted(model, batch):
         return {k: v + 0.5 for k, v in reference(model, batch).items()}
 
-    monkeypatch.setattr(export, "_reference_outputs", shifted)
+    monkeypatch.setattr(verification, "_reference_outputs", shifted)
     with pytest.raises(export.ExportVerificationError, match=r"max \|difference\| 0\.5"):
         export.export_saved_model(ids_model, tmp_path / "model", version=2)
     assert not (tmp_path / "model").exists()
@@ -574,14 +575,14 @@ def test_scripts_explain_every_option():
 
 def test_probe_argument_takes_one_batch_or_several(ids_model, text_exports):
     spec = export.serving_input_spec(ids_model)
-    (one,) = export._as_probe_list([[1, 2, 3], [4, 5, 0]], ids_model, spec)
+    (one,) = verification.as_probe_list([[1, 2, 3], [4, 5, 0]], ids_model, spec)
     assert one.dtype == np.int32 and one.shape == (2, 3)
-    two = export._as_probe_list([np.ones((2, 3)), np.ones((1, 7))], ids_model, spec)
+    two = verification.as_probe_list([np.ones((2, 3)), np.ones((1, 7))], ids_model, spec)
     assert [b.shape for b in two] == [(2, 3), (1, 7)]
     if text_exports:
         entry = next(iter(text_exports.values()))
         text_spec = export.serving_input_spec(entry["model"])
-        (sentences,) = export._as_probe_list(["a film", "the plot"], entry["model"], text_spec)
+        (sentences,) = verification.as_probe_list(["a film", "the plot"], entry["model"], text_spec)
         assert sentences.tolist() == ["a film", "the plot"]
 
 
@@ -666,7 +667,7 @@ def test_litert_refuses_what_it_cannot_export(ids_model, text_exports, tmp_path)
 def test_litert_disagreement_raises_and_leaves_nothing(ids_model, tmp_path, monkeypatch):
     real = export.run_litert
     monkeypatch.setattr(
-        export, "run_litert", lambda *a: {k: v + 1e-3 for k, v in real(*a).items()}
+        litert, "run_litert", lambda *a: {k: v + 1e-3 for k, v in real(*a).items()}
     )
     with pytest.raises(export.ExportVerificationError, match="LiteRT model .* disagrees"):
         export.export_litert(ids_model, tmp_path / "m.tflite", sequence_length=4)
@@ -700,7 +701,7 @@ def test_litert_refuses_dtypes_it_cannot_take_in_one_line(tmp_path, dtype):
 def test_failed_litert_export_removes_the_directories_it_made(ids_model, tmp_path, monkeypatch):
     real = export.run_litert
     monkeypatch.setattr(
-        export, "run_litert", lambda *a: {k: v + 1e-3 for k, v in real(*a).items()}
+        litert, "run_litert", lambda *a: {k: v + 1e-3 for k, v in real(*a).items()}
     )
     with pytest.raises(export.ExportVerificationError):
         export.export_litert(ids_model, tmp_path / "a" / "b" / "m.tflite", sequence_length=4)
@@ -745,7 +746,7 @@ def test_export_model_script_failing_litert_export_leaves_no_directory(ids_model
     ids_model.save(tmp_path / "model.keras")
     real = export.run_litert
     monkeypatch.setattr(
-        export, "run_litert", lambda *a: {k: v + 1e-3 for k, v in real(*a).items()}
+        litert, "run_litert", lambda *a: {k: v + 1e-3 for k, v in real(*a).items()}
     )
     code = script.main([str(tmp_path / "model.keras"), str(tmp_path / "serving"), "--litert",
                         str(tmp_path / "lite" / "new" / "m.tflite"), "--sequence-length", "4"])

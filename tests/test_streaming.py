@@ -449,15 +449,16 @@ def test_verification_compares_the_states_from_mid_sequence():
     """What the fresh process and the interpreter are checked on: a second chunk that starts
     from the states the first one left, and every state compared."""
     from keras_recnorm import export
+    from keras_recnorm.export import verification
 
     bn, _ = export_kinds()
     streaming = to_streaming(keras.Sequential([keras.Input((None, 2)), recurrent(bn)]))
     specs = export.streaming_input_specs(streaming)
-    first, second = export._streaming_probes(None, streaming, specs)
+    first, second = verification.streaming_probes(None, streaming, specs)
     names = ["inputs"] + [f"state_{i}" for i in range(len(specs) - 1)]
     assert list(first) == names and not any(first[n].any() for n in names[1:])
     assert second["state_2"].min() == first["inputs"].shape[1]  # the counter after chunk 1
-    expected = export._reference_outputs(streaming, second)
+    expected = verification._reference_outputs(streaming, second)
     assert list(expected) == ["outputs"] + names[1:]
 
 
