@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Our layers against cuDNN on one GPU, on the backends a lent GPU machine has (JAX and torch,
 # with no TensorFlow and no Keras installed): for each backend, every layer of
-# keras_recnorm.kinds.KINDS against its Keras twin (keras.layers.LSTM / GRU) on that backend,
-# plus plain torch.nn.LSTM / GRU (cuDNN) with the same model and steps, training and
+# keras_recnorm.kinds.KINDS against its Keras twin (keras.layers.LSTM / GRU / SimpleRNN) on that backend,
+# plus plain torch.nn.LSTM / GRU / RNN (cuDNN) with the same model and steps, training and
 # inference, at the three standard shapes and at (64, 100, 512, 512); and whether each Keras
 # twin's steps call cuDNN. One table at the end (benchmarks/throughput.py --summarize).
 #

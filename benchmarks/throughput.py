@@ -24,7 +24,7 @@ Usage:
     python benchmarks/throughput.py --backend torch --kinds --torch-rnn --cudnn-check \
         --shape standard --shape 64,100,512,512           # what benchmarks/gpu.sh runs
 
-On a GPU, `--torch-rnn` adds plain `torch.nn.LSTM` / `torch.nn.GRU` (cuDNN) with the same
+On a GPU, `--torch-rnn` adds plain `torch.nn.LSTM` / `GRU` / `RNN` (cuDNN) with the same
 model, data and steps, alternating with the Keras twin, and `--cudnn-check` a column saying
 whether each twin's steps call cuDNN's RNN. `--results FILE` appends every row as a line
 of JSON; `--summarize FILE` prints one table of such lines (several backends' runs).
@@ -41,7 +41,11 @@ import time
 STANDARD_SHAPES = [(64, 100, 128, 256), (32, 200, 64, 128), (128, 50, 256, 512)]
 QUICK_SHAPE = (4, 5, 3, 8)
 # torch's own RNN modules, cuDNN's kernels on a CUDA GPU: the anchor of `--torch-rnn`.
-TORCH_RNNS = {"keras.layers.LSTM": "torch.nn.LSTM", "keras.layers.GRU": "torch.nn.GRU"}
+TORCH_RNNS = {
+    "keras.layers.LSTM": "torch.nn.LSTM",
+    "keras.layers.GRU": "torch.nn.GRU",
+    "keras.layers.SimpleRNN": "torch.nn.RNN",
+}
 
 # Candidate name -> its Keras twin (the baseline its ratio is taken to).
 TWINS = {
@@ -95,7 +99,9 @@ def kind_layers():
     names = []
     for kind in kind_table():
         if kind.layer is not None:
-            TWINS.setdefault(kind.layer.__name__, f"keras.layers.{kind.keras_twin}")
+            twin = f"keras.layers.{kind.keras_twin}"
+            TWINS.setdefault(twin, twin)
+            TWINS.setdefault(kind.layer.__name__, twin)
             names.append(kind.layer.__name__)
     return names
 
@@ -276,9 +282,10 @@ def alternating_ratios(candidate, baseline, method, repeats):
 
 def matmul_flops(name, shape, training):
     """FLOPs of the recurrent layer's matmuls in one step: x·W and h·R at every time step
-    (4U wide for an LSTM, 3U for a GRU); training adds two of each in the backward pass."""
+    (4U wide for an LSTM, 3U for a GRU, U for a SimpleRNN); training adds two of each in
+    the backward pass."""
     batch, steps, features, units = shape
-    gates = 3 if "GRU" in name else 4
+    gates = 3 if "GRU" in name else 1 if "SimpleRNN" in name else 4
     forward = 2 * batch * steps * (features + units) * gates * units
     return 3 * forward if training else forward
 
@@ -302,7 +309,7 @@ def matmul_rate(shape):
 def benchmark_shape(shape, names, repeats, trials, jit_settings, methods=("train", "infer"),
                     torch_rnn=False, cudnn_backend=None):
     """One row per candidate: its ratio and time per step for each of `methods` (None
-    for a method not measured). `torch_rnn`: also a row for `torch.nn.LSTM`/`GRU` against
+    for a method not measured). `torch_rnn`: also a row for `torch.nn.LSTM`/`GRU`/`RNN` against
     each twin; `cudnn_backend`: the backend whose twins (and torch's RNNs) are checked for
     cuDNN (a `cudnn` entry in their rows)."""
     rate = matmul_rate(shape)
@@ -540,7 +547,7 @@ def parse_args(argv):
     parser.add_argument(
         "--torch-rnn",
         action="store_true",
-        help="also time torch.nn.LSTM / torch.nn.GRU (cuDNN on a CUDA GPU) with the same "
+        help="also time torch.nn.LSTM / GRU / RNN (cuDNN on a CUDA GPU) with the same "
         "model, data and steps, alternating with the Keras twin; needs torch",
     )
     parser.add_argument(

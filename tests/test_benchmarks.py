@@ -94,10 +94,12 @@ def test_gpu_script_smoke_runs_every_kind_on_jax_and_torch_beside_torch_rnn():
         if line.startswith(("torch ", "jax ")):
             fields = line.split()
             table[fields[0], fields[1]] = (" ".join(fields[2:-6]), *map(float, fields[-6:]))
-    twins = ["keras.layers.LSTM", "keras.layers.GRU"]
+    twins = sorted({f"keras.layers.{k.keras_twin}" for k in KINDS if k.layer is not None})
     ours = [k.layer.__name__ for k in KINDS if k.layer is not None]
     expected = {(backend, name) for backend in ("torch", "jax") for name in twins + ours}
-    assert set(table) == expected | {("torch", "torch.nn.LSTM"), ("torch", "torch.nn.GRU")}
+    # torch's module for each twin: LSTM, GRU, and RNN for SimpleRNN.
+    torch_rnns = {("torch", "torch.nn." + twin.split(".")[-1].replace("SimpleRNN", "RNN")) for twin in twins}
+    assert set(table) == expected | torch_rnns
     for (backend, name), (cudnn, *figures) in table.items():
         # On a CPU nothing reaches cuDNN; only the twins and torch's RNNs are checked.
         assert cudnn == ("-" if name in ours else "no"), (backend, name)
