@@ -47,3 +47,26 @@ def test_rank_2_input_is_described_by_the_shape_passed(name):
 def test_rank_2_symbolic_input_too():
     with pytest.raises(ValueError, match=r"LayerNormLSTM expects .* got shape \(None, 5\)"):
         keras.Sequential([keras.Input((5,)), LayerNormLSTM(3)])
+
+
+@pytest.mark.parametrize("name", [n for n in LAYERS if n.startswith("BatchNorm")])
+def test_stateful_batch_norm_layer_refuses_another_batch_size(name):
+    """The BN layers run their own RNN call (the step counter stays float32): it keeps
+    Keras's refusal of a batch that doesn't match a stateful layer's states."""
+    layer = LAYERS[name](stateful=True)
+    layer(np.ones((2, 3, 2), "float32"))
+    with pytest.raises(ValueError, match=rf"{name} is stateful with batch size 2 .* got a batch of 3"):
+        layer(np.ones((3, 3, 2), "float32"))
+    assert keras.ops.convert_to_numpy(layer.states[-1]).ravel().tolist() == [3.0, 3.0]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a traced unknown length")
+@pytest.mark.parametrize("name", [n for n in LAYERS if n.startswith("BatchNorm")])
+def test_unrolled_batch_norm_layer_needs_a_known_length(name):
+    import tensorflow as tf
+
+    layer = LAYERS[name](unroll=True)
+    layer(np.ones((2, 3, 2), "float32"))
+    traced = tf.function(layer, input_signature=[tf.TensorSpec((None, None, 2), "float32")])
+    with pytest.raises(ValueError, match=rf"{name}: `unroll=True` needs a known number of timesteps"):
+        traced(np.ones((2, 3, 2), "float32"))

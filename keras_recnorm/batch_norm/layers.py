@@ -100,9 +100,10 @@ class _BatchNormSequence(NormalizedRNN):
             expected_batch = self.states[0].shape[0]
             if sequences.shape[0] is not None and sequences.shape[0] != expected_batch:
                 raise ValueError(
-                    f"{type(self).__name__} is stateful with batch size {expected_batch}; got "
-                    f"a batch of {sequences.shape[0]} (build it again, or call reset_states "
-                    "after changing the batch size)."
+                    f"{type(self).__name__} is stateful with batch size {expected_batch} (its "
+                    f"states hold one row per sample); got a batch of {sequences.shape[0]}: "
+                    "build the model again for that batch size, or feed batches of "
+                    f"{expected_batch}."
                 )
             states, counter, given = self.states[:-1], self.states[-1], True
         else:
