@@ -75,6 +75,30 @@ def _keras2_activation(activation):
     return keras2_hard_sigmoid if activation == "hard_sigmoid" else activation
 
 
+# The constructor arguments both Addons cells share, name for name, with this package's
+# cells: forwarded as they are.
+_SHARED_ARGUMENTS = (
+    "use_bias",
+    "kernel_initializer",
+    "recurrent_initializer",
+    "bias_initializer",
+    "kernel_regularizer",
+    "recurrent_regularizer",
+    "bias_regularizer",
+    "kernel_constraint",
+    "recurrent_constraint",
+    "bias_constraint",
+    "dropout",
+    "recurrent_dropout",
+    "seed",
+)
+
+
+def _arguments_of_both(arguments):
+    """The `_SHARED_ARGUMENTS` of an Addons cell's constructor, from its `locals()`."""
+    return {name: arguments[name] for name in _SHARED_ARGUMENTS}
+
+
 def _layer_norm(cell, name, center=True):
     """Addons' normalization sublayer: a `keras.layers.LayerNormalization` over the last
     axis, with the cell's dtype policy, tracked under the attribute name Addons used."""
@@ -190,23 +214,11 @@ class LayerNormLSTMCell(GatedCell):
             units,
             activation=_keras2_activation(activation),
             recurrent_activation=_keras2_activation(recurrent_activation),
-            use_bias=use_bias,
+            **_arguments_of_both(locals()),
             # The LN arguments under Addons' names.
             gamma_initializer=norm_gamma_initializer,
             beta_initializer=norm_beta_initializer,
             epsilon=norm_epsilon,
-            kernel_initializer=kernel_initializer,
-            recurrent_initializer=recurrent_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            recurrent_regularizer=recurrent_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            recurrent_constraint=recurrent_constraint,
-            bias_constraint=bias_constraint,
-            dropout=dropout,
-            recurrent_dropout=recurrent_dropout,
-            seed=seed,
             # Not Addons' arguments: passing one is a TypeError, as it was in Addons.
             gamma_regularizer=None,
             beta_regularizer=None,
@@ -317,18 +329,13 @@ class LayerNormSimpleRNNCell(NormalizedCell):
         activation="tanh",
         use_bias=True,
         layernorm_epsilon=1e-5,
-        kernel_initializer="glorot_uniform",
-        recurrent_initializer="orthogonal",
-        bias_initializer="zeros",
-        gamma_initializer="ones",
-        kernel_regularizer=None,
-        recurrent_regularizer=None,
-        bias_regularizer=None,
-        gamma_regularizer=None,
-        kernel_constraint=None,
-        recurrent_constraint=None,
-        bias_constraint=None,
-        gamma_constraint=None,
+        # Addons' order (positional arguments follow it), grouped by kind of argument.
+        kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+        bias_initializer="zeros", gamma_initializer="ones",
+        kernel_regularizer=None, recurrent_regularizer=None,
+        bias_regularizer=None, gamma_regularizer=None,
+        kernel_constraint=None, recurrent_constraint=None,
+        bias_constraint=None, gamma_constraint=None,
         dropout=0.0,
         recurrent_dropout=0.0,
         seed=None,
@@ -338,23 +345,11 @@ class LayerNormSimpleRNNCell(NormalizedCell):
         super().__init__(
             units,
             activation=_keras2_activation(activation),
-            use_bias=use_bias,
-            kernel_initializer=kernel_initializer,
-            recurrent_initializer=recurrent_initializer,
-            bias_initializer=bias_initializer,
-            gamma_initializer=gamma_initializer,
-            kernel_regularizer=kernel_regularizer,
-            recurrent_regularizer=recurrent_regularizer,
-            bias_regularizer=bias_regularizer,
-            gamma_regularizer=gamma_regularizer,
-            kernel_constraint=kernel_constraint,
-            recurrent_constraint=recurrent_constraint,
-            bias_constraint=bias_constraint,
-            gamma_constraint=gamma_constraint,
-            dropout=dropout,
-            recurrent_dropout=recurrent_dropout,
+            **_arguments_of_both(locals()),
             epsilon=layernorm_epsilon,
-            seed=seed,
+            gamma_initializer=gamma_initializer,
+            gamma_regularizer=gamma_regularizer,
+            gamma_constraint=gamma_constraint,
             # No shift: passing one of these is a TypeError, as it was in Addons.
             beta_initializer=None,
             beta_regularizer=None,
