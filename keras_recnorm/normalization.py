@@ -6,6 +6,9 @@ arithmetic (biased variance, epsilon inside the square root, float32 under mixed
 precision) is written exactly once.
 """
 
+import contextlib
+import threading
+
 from keras import ops
 
 
@@ -310,6 +313,46 @@ def moving_average_update(moving_mean, moving_variance, moments, slots, momentum
         ops.where(reached, merged[1], moving_mean),
         ops.where(reached, moments_variance(merged), moving_variance),
     )
+
+
+# -- a batch's statistics collected instead of moved into the population's ---------------
+
+_open_collections = threading.local()
+
+
+@contextlib.contextmanager
+def collecting_batch_statistics(collection):
+    """Opens a scope in which, in this thread, every batch-normalized cell normalizes with
+    each batch's statistics even at inference (`training=False`), and hands the moments of
+    every batch term to `collection` instead of moving its population statistics: how
+    `recompute_population_statistics` gathers them without touching the model.
+
+    The cell calls `collection.add(cell, moments, slots, step)`: `moments` a dict term ->
+    `(count, mean, M2)` of K steps, `slots` as `update_statistics` takes them, `step` the
+    step counter of a one-step call (inside `keras.layers.RNN`), `None` for a whole
+    sequence. A scope (as Keras's own `StatelessScope`) rather than a flag on the cells:
+    other threads that run the same model meanwhile (serving, say) are not affected, and
+    nothing stays switched after an exception. Scopes nest; the enclosing one is back on
+    exit.
+
+    Args:
+        collection: the object whose `add` receives the moments.
+
+    Yields:
+        `collection`.
+    """
+    enclosing = current_batch_statistics_collection()
+    _open_collections.innermost = collection
+    try:
+        yield collection
+    finally:
+        _open_collections.innermost = enclosing
+
+
+def current_batch_statistics_collection():
+    """The collection of this thread's innermost open `collecting_batch_statistics` scope,
+    `None` outside any."""
+    return getattr(_open_collections, "innermost", None)
 
 
 # -- standardization with its derivative, for the loops with hand-written gradients ----

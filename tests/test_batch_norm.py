@@ -11,6 +11,7 @@ concern them. Every batch-normalized kind of `keras_recnorm.kinds.KINDS` is test
 """
 
 import re
+import threading
 
 import keras
 import numpy as np
@@ -25,6 +26,7 @@ from keras_recnorm import (
     recompute_population_statistics,
 )
 from keras_recnorm.kinds import kind as named_kind
+from keras_recnorm.normalization import collecting_batch_statistics
 from tests import reference
 from tests.conftest import (
     assert_padded_states_match_alone,
@@ -1239,13 +1241,45 @@ def test_recompute_population_statistics_keeps_the_old_statistics_on_failure(err
         yield rng.normal(0, 1, (B, T, D)).astype("float32")
         raise error("batch 2 could not be read")
 
+    probe = rng.normal(0, 1, (B, T, D)).astype("float32")
+    expected = [to_numpy(y) for y in model(probe, training=False)]
     with pytest.raises(error):
         recompute_population_statistics(model, batches(), verbose=0)
     for part, values in zip((layer, rnn), before):
         for name, value in moving_statistics(part).items():
             np.testing.assert_array_equal(value, values[name], err_msg=name)
-    # And the model is back to moving averages.
-    assert layer.cell.statistics_accumulator is None and rnn.cell.statistics_accumulator is None
+    # And the model is back to its population statistics at inference.
+    for output, value in zip(model(probe, training=False), expected):
+        np.testing.assert_array_equal(to_numpy(output), value)
+
+
+def test_collecting_batch_statistics_is_a_scope_of_its_own_thread(rng):
+    """The cells use batch statistics at inference only inside the scope, and only in the
+    thread that opened it: a model served meanwhile from another thread keeps its
+    population statistics."""
+    layer = BatchNormLSTM(U, max_timesteps=T_MAX)
+    model = keras.Sequential([keras.Input((T, D)), layer])
+    randomize_weights(layer, rng)
+    probe = rng.normal(0, 1, (B, T, D)).astype("float32")
+    population = to_numpy(model(probe, training=False))
+    collected = []
+
+    class Collection:
+        def add(self, cell, moments, slots, step=None):
+            collected.append(cell)
+
+    elsewhere = {}
+    with collecting_batch_statistics(Collection()):
+        gathering = to_numpy(model(probe, training=False))
+        thread = threading.Thread(
+            target=lambda: elsewhere.update(y=to_numpy(model(probe, training=False)))
+        )
+        thread.start()
+        thread.join()
+    np.testing.assert_array_equal(elsewhere["y"], population)
+    np.testing.assert_array_equal(to_numpy(model(probe, training=False)), population)
+    assert collected == [layer.cell]  # one whole-sequence call, from this thread only
+    assert np.abs(gathering - population).max() > 1e-3  # batch statistics, not the population's
 
 
 # -- recompute_population_statistics touches nothing but the population statistics -------

@@ -25,6 +25,7 @@ from keras_recnorm.normalization import (
     batch_norm_backward,
     cross_replica_moments,
     cross_replica_shares,
+    current_batch_statistics_collection,
     moments_from_variance,
     moments_variance,
     moving_average_update,
@@ -99,9 +100,6 @@ class BatchNormCell(NormalizedCell):
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
         self.moving_variance_initializer = initializers.get(moving_variance_initializer)
         self.synchronized = bool(synchronized)
-        # When set (by `recompute_population_statistics`), updates accumulate exact sums
-        # here instead of moving the averages.
-        self.statistics_accumulator = None
         # Keras would cast every float argument, the step counter included, to the
         # compute dtype (a bfloat16 counter stops at 256): `call` casts all but the
         # counter itself.
@@ -154,8 +152,9 @@ class BatchNormCell(NormalizedCell):
     def uses_batch_statistics(self, training):
         # As keras.layers.BatchNormalization: a frozen layer always runs in inference mode.
         # `recompute_population_statistics` runs the model in inference mode (dropout off,
-        # other layers as at inference) and has the cells gather batch statistics.
-        gathering = self.statistics_accumulator is not None
+        # other layers as at inference) in a `collecting_batch_statistics` scope, where the
+        # cells normalize with, and gather, each batch's statistics.
+        gathering = current_batch_statistics_collection() is not None
         return (bool(training) or gathering) and self.trainable
 
     def standardize(self, x, mask, population):
@@ -263,8 +262,9 @@ class BatchNormCell(NormalizedCell):
             term: m if (term == "input" and self.synchronized) else cross_replica_moments(m)
             for term, m in moments.items()
         }
-        if self.statistics_accumulator is not None:
-            self.statistics_accumulator.add(self, moments, slots)
+        collection = current_batch_statistics_collection()
+        if collection is not None:
+            collection.add(self, moments, slots)
             return
         for term, term_moments in moments.items():
             moving_mean, moving_variance = self.moving(term)
@@ -318,9 +318,10 @@ class BatchNormCell(NormalizedCell):
             # The slot of the furthest counter: masked samples' counters are held, but
             # the cell, which never sees the mask, has them in its statistics anyway.
             slot = ops.reshape(ops.max(slots, initial=0), (1,))
-            if self.statistics_accumulator is not None:
+            collection = current_batch_statistics_collection()
+            if collection is not None:
                 # The counter tells Keras's extra calls before the loop from real steps.
-                self.statistics_accumulator.add(self, moments, slot, step=ops.max(steps))
+                collection.add(self, moments, slot, step=ops.max(steps))
             else:
                 self.update_statistics(moments, slot)
         return new_states[0], new_states + [steps + 1]

@@ -9,6 +9,7 @@ from keras_recnorm.batch_norm.cells import BatchNormCell
 from keras_recnorm.base import check_positive_int
 from keras_recnorm.compat import all_layers
 from keras_recnorm.normalization import (
+    collecting_batch_statistics,
     merge_moments,
     merge_moments_by_slot,
     moments_variance,
@@ -139,23 +140,21 @@ def recompute_population_statistics(model, dataset, steps=None, verbose=1):
         check_positive_int("steps", steps)
     merged = _MergedStatistics()
     saved = _saved_variables(model)
-    for cell in cells:
-        cell.statistics_accumulator = merged
     progress = keras.utils.Progbar(steps, unit_name="batch", verbose=verbose)
     used = 0
     try:
-        for batch in dataset:
-            if steps is not None and used >= steps:
-                break
-            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-            # Inference mode; the cells gather batch statistics (`uses_batch_statistics`).
-            model(inputs, training=False)
-            merged.end_batch()
-            used += 1
-            progress.update(used)
+        with collecting_batch_statistics(merged):
+            for batch in dataset:
+                if steps is not None and used >= steps:
+                    break
+                inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+                # Inference mode; in the scope the cells normalize with, and hand `merged`,
+                # each batch's statistics.
+                model(inputs, training=False)
+                merged.end_batch()
+                used += 1
+                progress.update(used)
     finally:
-        for cell in cells:
-            cell.statistics_accumulator = None
         for variable, value in saved:
             variable.assign(value)
     if used == 0:
