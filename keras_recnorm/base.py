@@ -15,7 +15,7 @@ from keras import activations, constraints, initializers, ops, regularizers
 from keras.layers import Layer
 
 from keras_recnorm.compat import DropoutRNNCell
-from keras_recnorm.recurrence import forward_recurrence, recurrence
+from keras_recnorm.recurrence import LOOP_BACKENDS, forward_recurrence, recurrence
 
 
 def _is_number(value, kind):
@@ -403,14 +403,16 @@ class NormalizedRNN(keras.layers.RNN):
         return sequences
 
     def uses_fused_loop(self):
-        """Whether `fused_loop` (training) and `forward_loop` (inference) can run this
-        layer: the cell's default activations (what its step derivative assumes), single
-        or double precision, no `unroll`; on TensorFlow and JAX (the derivative runs) or
-        torch (a Python loop over the step function, differentiated by autograd: faster
-        than Keras's loop, which calls the cell as a layer at every step;
-        docs/throughput.md, "torch")."""
+        """Whether the cell's step derivative covers this layer: the cell's default
+        activations (what its step derivative assumes), single or double precision, no
+        `unroll`, on a backend the drivers run on (on torch the driver's Python loop is
+        differentiated by autograd: faster than Keras's loop, which calls the cell as a
+        layer at every step; docs/throughput.md, "torch"). The LN layers then run
+        `fused_loop` (training) and `forward_loop` (inference), and Keras's loop over
+        the cell otherwise; the BN layers run the drivers' loops either way (the
+        backend differentiates where the derivative doesn't cover them)."""
         return (
-            keras.backend.backend() in ("tensorflow", "jax", "torch")
+            keras.backend.backend() in LOOP_BACKENDS
             and not self.unroll
             and self.cell.supports_fused_loop()
             and self.cell.compute_dtype in ("float32", "float64")
@@ -435,6 +437,7 @@ class NormalizedRNN(keras.layers.RNN):
             tuple(states),
             recurrent_mask,
             weights,
+            unroll=self.unroll,
         )
         return ops.transpose(hs, (1, 0, 2)), last_states, statistics
 
@@ -450,7 +453,8 @@ class NormalizedRNN(keras.layers.RNN):
         else:
             inputs = ops.swapaxes(inputs, 0, 1)
         hs, last_states = forward_recurrence(
-            forward, inputs, step_mask, tuple(states), weights, all_outputs=self.return_sequences
+            forward, inputs, step_mask, tuple(states), weights, all_outputs=self.return_sequences,
+            unroll=self.unroll,
         )
         return None if hs is None else ops.transpose(hs, (1, 0, 2)), last_states
 

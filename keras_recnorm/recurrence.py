@@ -1,7 +1,9 @@
 """The recurrence of the whole-sequence layers, with a hand-written gradient: one driver
 for any cell's state tuple (LSTM: `(h, c)`, GRU: `(h,)`), on TensorFlow (`tf.while_loop`
 with `tf.custom_gradient`) and on JAX (`lax.scan` with `jax.custom_vjp`); on torch, which
-runs eagerly, a Python loop over the forward step that autograd differentiates.
+runs eagerly, a Python loop over the forward step that autograd differentiates. Where a
+cell has no derivative for its activations or dtype, or the layer unrolls, the same loops
+run without the custom gradient: the backend differentiates them.
 
 Why: differentiating a `tf.while_loop` automatically keeps every intermediate of every
 step in its own stack and runs several small ops backward per forward op; on a CPU those
@@ -21,13 +23,17 @@ only their tensors (`_Fields`).
 
 import keras
 
+# The backends the drivers run on.
+LOOP_BACKENDS = ("tensorflow", "jax", "torch")
 
-def recurrence(forward, backward, inputs, mask, initial_states, recurrent_mask, weights):
-    """Runs a recurrence over time-major inputs, differentiable, on the Keras backend
-    (TensorFlow or JAX).
+
+def recurrence(forward, backward, inputs, mask, initial_states, recurrent_mask, weights, unroll=False):
+    """Runs a recurrence over time-major inputs, differentiable, on the Keras backend.
 
     Args:
-        forward, backward: the step functions (`keras_recnorm.steps`).
+        forward, backward: the step functions (`keras_recnorm.steps`); `backward` `None`
+            where the cell has no derivative for its activations or dtype: the backend
+            then differentiates the loop.
         inputs: `(T, B, F)`, every step's input `x` as `forward` takes it.
         mask: `(T, B, 1)` 0/1 in the compute dtype (0: padding, the states are kept), or
             `None`.
@@ -35,15 +41,19 @@ def recurrence(forward, backward, inputs, mask, initial_states, recurrent_mask, 
         recurrent_mask: `(B, U)` recurrent dropout mask applied to `h`, or `None`.
         weights: the weights tuple the step functions take (gradients flow to its
             tensors).
+        unroll: the steps as a Python loop (a fixed number of steps), differentiated by
+            the backend: what `unroll=True` asks of a Keras recurrent layer.
 
     Returns:
         `(hs, last_states, statistics)`: `hs (T, B, U)` the `h` state after every step,
         the state tuple after the last step, and every statistic stacked over the
         steps `(T, ...)` (without gradient).
     """
-    driver = {"jax": _jax_recurrence, "torch": _autograd_recurrence}.get(
-        keras.backend.backend(), _tf_recurrence
-    )
+    backend = keras.backend.backend()
+    if unroll or backend == "torch":
+        driver = _autograd_recurrence
+    else:
+        driver = _jax_recurrence if backend == "jax" else _tf_recurrence
     steps = _Steps(forward, backward, len(initial_states), weights)
     hs, tail, statistics = driver(
         steps, inputs, mask, tuple(initial_states), recurrent_mask, steps.flat_weights(weights)
@@ -52,16 +62,16 @@ def recurrence(forward, backward, inputs, mask, initial_states, recurrent_mask, 
     return hs, (hs[-1],) + tuple(tail), statistics
 
 
-def forward_recurrence(forward, inputs, mask, initial_states, weights, all_outputs=True):
+def forward_recurrence(forward, inputs, mask, initial_states, weights, all_outputs=True, unroll=False):
     """`recurrence` forward only, for inference: no residuals saved, no statistics, no
     custom gradient (the backend can still differentiate the loop). `inputs` may also be
     a tuple of time-major tensors: `forward` then gets the tuple of their steps (the BN
     layers: each step's input, next slots and mask). Returns
     `(hs, last_states)`, `hs` `None` unless `all_outputs` (every step's `h` written only
-    where it is returned: docs/throughput.md)."""
+    where it is returned: docs/throughput.md). `unroll`: as `recurrence`'s."""
     steps = _Steps(forward, None, len(initial_states), weights)
     initial_states, weights = tuple(initial_states), steps.flat_weights(weights)
-    if keras.backend.backend() == "torch":
+    if unroll or keras.backend.backend() == "torch":
         return _python_forward_recurrence(steps, inputs, mask, initial_states, weights, all_outputs)
     if keras.backend.backend() == "jax":
         import jax
@@ -92,23 +102,24 @@ def forward_recurrence(forward, inputs, mask, initial_states, weights, all_outpu
 
 
 def _autograd_recurrence(steps, inputs, mask, initial_states, recurrent_mask, weights):
-    """`recurrence` on torch: the Python loop, differentiated by torch's autograd (eager:
-    the step derivative would save no kernel launches)."""
+    """`recurrence` as a Python loop, differentiated by the backend: on torch (eager: the
+    step derivative would save no kernel launches), and for `unroll` on any backend."""
     returned, states = _python_loop(steps, inputs, mask, initial_states, weights, recurrent_mask)
     hs, *statistics = (keras.ops.stack(values) for values in zip(*returned))
     return hs, states[1:], statistics
 
 
 def _python_forward_recurrence(steps, inputs, mask, states, weights, all_outputs):
-    """`forward_recurrence` on torch: the Python loop."""
+    """`forward_recurrence` as a Python loop (torch; `unroll`)."""
     returned, states = _python_loop(steps, inputs, mask, states, weights, None)
     return (keras.ops.stack([r[0] for r in returned]) if all_outputs else None), states
 
 
 def _python_loop(steps, inputs, mask, states, weights, recurrent_mask):
-    """The steps in a Python loop (torch runs eagerly: there is no graph loop to build).
-    `inputs` a time-major tensor or tuple of them. Returns what each step returns
-    (`h'`, then the statistics) and the final states."""
+    """The steps in a Python loop (torch runs eagerly: there is no graph loop to build;
+    with `unroll` the graph holds every step). `inputs` a time-major tensor or tuple of
+    them. Returns what each step returns (`h'`, then the statistics) and the final
+    states."""
     nested = isinstance(inputs, tuple)
     returned = []
     for t in range((inputs[0] if nested else inputs).shape[0]):
@@ -169,7 +180,9 @@ class _Steps:
         new, residuals, statistics = self.forward(self.weights.restore(weights), x, h_in, states, m)
         new = tuple(keep_padded(m, a, b) for a, b in zip(new, states))
         self.residuals = _Fields(residuals)
-        return new, (states, self.residuals.flat(residuals)), (new[0],) + tuple(statistics)
+        # Without a backward step (inference; the backend differentiates) nothing is saved.
+        saved = ((), ()) if self.backward is None else (states, self.residuals.flat(residuals))
+        return new, saved, (new[0],) + tuple(statistics)
 
     def retreat(self, weights, d_states, d_h, states, residuals, m, recurrent_mask):
         """From the gradients of the states after the step (`d_h` that of the step's
@@ -201,7 +214,6 @@ def _tf_recurrence(steps, inputs, mask, initial_states, recurrent_mask, weights)
     def step_mask(t):
         return None if mask is None else mask[t]
 
-    @tf.custom_gradient
     def run(inputs, *states_and_weights):
         states0, weights = states_and_weights[:n_states], states_and_weights[n_states:]
         length = tf.shape(inputs)[0]
@@ -227,6 +239,9 @@ def _tf_recurrence(steps, inputs, mask, initial_states, recurrent_mask, weights)
         )
         state_arrays, residual_arrays = arrays[:n_states], arrays[n_states : len(saved)]
         hs, *statistics = (a.stack() for a in arrays[len(saved) :])
+        outputs = (hs,) + tuple(last_states[1:]) + tuple(statistics)
+        if steps.backward is None:  # the backend differentiates the loop
+            return outputs
 
         def gradient(d_hs, *d_rest):
             # d_rest: the final states after h (h's is in d_hs), then the statistics'.
@@ -252,9 +267,11 @@ def _tf_recurrence(steps, inputs, mask, initial_states, recurrent_mask, weights)
             )
             return (d_inputs.stack(),) + tuple(d_states0) + tuple(d_weights)
 
-        return (hs,) + tuple(last_states[1:]) + tuple(statistics), gradient
+        return outputs, gradient
 
-    outputs = run(inputs, *initial_states, *weights)
+    outputs = (run if steps.backward is None else tf.custom_gradient(run))(
+        inputs, *initial_states, *weights
+    )
     return outputs[0], outputs[1:n_states], outputs[n_states:]
 
 
@@ -300,5 +317,7 @@ def _jax_recurrence(steps, inputs, mask, initial_states, recurrent_mask, weights
         no_gradient = lambda x: None if x is None else jnp.zeros_like(x)  # noqa: E731
         return d_inputs, d_states0, d_weights, no_gradient(mask), no_gradient(recurrent_mask)
 
+    if steps.backward is None:  # the backend differentiates the loop
+        return scan_forward(inputs, initial_states, weights, mask, recurrent_mask)[0]
     run.defvjp(run_forward, run_backward)
     return run(inputs, initial_states, weights, mask, recurrent_mask)

@@ -231,9 +231,13 @@ needs_fused_loop = pytest.mark.skipif(
 
 
 def keras_loop(layer):
-    """`layer` running its inference as before the forward-only loop: Keras's loop over
-    the cell (as under half precision or `unroll`)."""
-    layer.uses_fused_loop = lambda: False
+    """`layer` running Keras's loop over the cell (`keras.layers.RNN.inner_loop`) instead
+    of the drivers' loops: the second oracle of the inference tests."""
+
+    def inner_loop(sequences, initial_state, mask, training=False, **_):
+        return keras.layers.RNN.inner_loop(layer, sequences, initial_state, mask, training=training)
+
+    layer.inner_loop = inner_loop
     return layer
 
 
@@ -389,9 +393,9 @@ def test_bidirectional_inference_equals_keras_loop_and_reference(kind, rng):
 @needs_fused_loop
 @pytest.mark.parametrize("policy, atol", [("mixed_bfloat16", 0.1), ("mixed_float16", 2e-2)])
 @pytest.mark.parametrize("kind", BN)
-def test_half_precision_inference_runs_keras_loop_and_agrees(kind, policy, atol, rng):
-    """Half precision keeps Keras's loop over the cell at inference (the forward-only
-    loop runs float32 and float64); its results agree with the float32 layer's."""
+def test_half_precision_inference_runs_the_population_loop_and_agrees(kind, policy, atol, rng):
+    """Half precision runs the forward-only population loop at inference too (one
+    inference path); its results agree with the float32 layer's, the counter exact."""
     x, mask = padded_batch(rng)
     layer = record_population_loops(make_layer(kind, return_sequences=True, return_state=True))
     layer(x)
@@ -406,7 +410,7 @@ def test_half_precision_inference_runs_keras_loop_and_agrees(kind, policy, atol,
         keras.config.set_dtype_policy("float32")
     set_weights_by_name(half, weights)
     got = half(x, mask=mask)
-    assert not half.calls
+    assert half.calls
     np.testing.assert_allclose(to_numpy(ops_cast(got[0])), to_numpy(want[0]), atol=atol, rtol=0)
     np.testing.assert_array_equal(to_numpy(got[-1]), to_numpy(want[-1]))  # the counter
 
@@ -467,6 +471,69 @@ def test_unroll_equals_loop(kind, rng):
     looped(x), unrolled(x)
     set_weights_by_name(unrolled, randomize_weights(looped, rng))
     np.testing.assert_allclose(to_numpy(unrolled(x)), to_numpy(looped(x)), atol=1e-5)
+
+
+def no_step_derivative_options(kind, case):
+    """The layer arguments under which the cell's step derivative doesn't apply."""
+    if case == "unroll":
+        return {"unroll": True}
+    if kind.recurrence == "simple_rnn":
+        return {"activation": "relu"}
+    return {"activation": "relu", "recurrent_activation": "hard_sigmoid"}
+
+
+@needs_fused_loop
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("case", ["other_activations", "unroll"])
+@pytest.mark.parametrize("kind", LAYERS)
+def test_layer_without_step_derivative_equals_rnn_of_cell(kind, case, training, rng):
+    """Other activations, `unroll`: the layer runs the drivers' loops (inference: the
+    forward-only loop, the BN layers' population loop; training: the loop the backend
+    differentiates). Outputs, states, gradients (TensorFlow) and (BN) updated statistics
+    (all but the last slot, as in `test_layer_equals_rnn_of_cell`) equal `RNN(cell)`'s,
+    the independent Keras loop."""
+    if training and kind in BN and keras.backend.backend() == "jax":
+        pytest.skip("RNN(BN cell) refuses to train on JAX (test_bn_cell_training_on_jax_raises)")
+    options = no_step_derivative_options(kind, case)
+    cell_options = {k: v for k, v in options.items() if k != "unroll"}
+    layer = make_layer(kind, return_sequences=True, return_state=True, **options)
+    if kind in BN:
+        record_population_loops(layer)
+    reference_rnn = keras.layers.RNN(
+        kind.cell(U, **extra_arguments(kind), **cell_options),
+        unroll=True, return_sequences=True, return_state=True,
+    )
+    x = rng.normal(0, 1, (B, T, D)).astype("float32")
+    layer(x), reference_rnn(x)
+    set_weights_by_name(layer, randomize_weights(reference_rnn, rng))
+    assert not layer.uses_fused_loop()
+    if kind in BN:
+        layer.calls.clear()
+    if training and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        results = []
+        for each in (layer, reference_rnn):
+            inputs = tf.constant(x)
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                outputs = each(inputs, training=True)
+                loss = tf.reduce_sum(outputs[0] * tf.sin(tf.range(U, dtype=tf.float32)))
+            results.append((outputs, tape.gradient(loss, [inputs] + each.trainable_weights)))
+        (got, gradients), (want, want_gradients) = results
+        for a, b in zip(gradients, want_gradients):
+            np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-5, rtol=1e-5)
+    else:
+        got, want = layer(x, training=training), reference_rnn(x, training=training)
+    if kind in BN:
+        assert bool(layer.calls) == (not training)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-5, rtol=0)
+    after_layer, after_reference = weights_by_name(layer), weights_by_name(reference_rnn)
+    for name in after_layer:
+        slots = slice(0, T_MAX - 1) if "moving" in name else slice(None)
+        np.testing.assert_allclose(after_layer[name][slots], after_reference[name][slots],
+                                   atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("kind", LAYERS)
@@ -702,7 +769,8 @@ def test_one_activation_gates_equal_split_gates(rng):
 
 @pytest.mark.parametrize("kind", LAYERS)
 def test_fused_loop_only_for_what_its_derivative_covers(kind):
-    """Other activations, unroll, half precision or another backend: Keras's loop."""
+    """Other activations, unroll, half precision or another backend: no step derivative
+    (the LN layers run Keras's loop; the BN layers the loops the backend differentiates)."""
     default = make_layer(kind)
     assert default.uses_fused_loop()
     assert not make_layer(kind, activation="relu").uses_fused_loop()

@@ -454,7 +454,7 @@ class BatchNormLSTMCell(BatchNormCell, GatedCell):
         """One step (`keras_recnorm.steps`) from the (dropped-out) input `x`, `h_in` and
         the states `(h, c)`: the equations above. Batch statistics over the samples whose
         `mask (B, 1)` is 1, or, per normalized term, the `population` statistics given
-        (`population`). `forward_only`: the gates from one sigmoid.
+        (`population`). `forward_only`: the gates from one sigmoid (default activations).
 
         Returns `((h', c'), BatchNormLSTMResiduals, statistics)`: the mean and variance of
         the input term (unless given), the recurrent term and the cell state.
@@ -467,7 +467,7 @@ class BatchNormLSTMCell(BatchNormCell, GatedCell):
             weights, h_in, mask, recurrent_population
         )
         z = input_term + recurrent_term
-        if forward_only:
+        if forward_only and self.supports_fused_loop():  # sigmoid and tanh
             gates, c_new = lstm_gates_one_sigmoid(z, states[1])
         else:
             gates, c_new = lstm_gates(z, states[1], self.recurrent_activation, self.activation)

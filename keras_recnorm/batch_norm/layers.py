@@ -7,11 +7,10 @@ import keras
 from keras import ops
 
 from keras_recnorm.batch_norm.cells import BatchNormGRUCell, BatchNormLSTMCell, BatchNormSimpleRNNCell
-from keras_recnorm.base import NormalizedRNN
+from keras_recnorm.base import LOOP_BACKENDS, NormalizedRNN
 from keras_recnorm.normalization import (
     moments_from_variance,
     slot_shares,
-    statistics_dtype,
     step_slots,
 )
 from keras_recnorm.recurrence import keep_padded
@@ -22,14 +21,16 @@ register = keras.saving.register_keras_serializable(package="keras_recnorm")
 class _BatchNormSequence(NormalizedRNN):
     """The BN whole-sequence layers.
 
-    Before the loop: `x·kernel` for all steps. In the loop: the input term, the
-    recurrent term and the cell state, normalized with batch statistics over the
-    samples that are not padding at that step (where the fused loop doesn't run, or
-    the input term is `synchronized`, the input term is normalized before the loop,
-    with the same per-step statistics). After the loop: one update of the population
-    statistics from the unnormalized terms the loop returns, so no slot is moved twice
-    and no variable is written inside the loop (which JAX forbids). Inference:
-    `_population_loop`.
+    One path per mode, on every dtype, activation and `unroll`. Training
+    (`_batch_statistics_loop`): before the loop, `x·kernel` for all steps; in the loop
+    (`keras_recnorm.recurrence`), the input term, the recurrent term and the cell state,
+    normalized with batch statistics over the samples that are not padding at that step
+    (a `synchronized` input term is normalized before the loop, with the same per-step
+    statistics); after the loop, one update of the population statistics from the
+    statistics the loop returns, so no slot is moved twice and no variable is written
+    inside the loop (which JAX forbids). The loop runs the cell's step derivative where
+    it applies (`uses_fused_loop`), and is differentiated by the backend elsewhere.
+    Inference: `_population_loop`, forward only.
     """
 
     def __init__(self, units, max_timesteps, **kwargs):
@@ -118,10 +119,8 @@ class _BatchNormSequence(NormalizedRNN):
         `every_counter_zero`: no counter was given or carried (all samples start at 0)."""
         cell = self.cell
         inference = not cell.uses_batch_statistics(training)
-        if inference and not self.uses_fused_loop():
-            # Keras's loop over the cell (half precision, other activations, unroll):
-            # every sample reads the slots of its own real steps there too (the
-            # step counter is a state, held at padded steps).
+        if keras.backend.backend() not in LOOP_BACKENDS:
+            # Keras's loop over the cell, on a backend the drivers don't run on.
             return super().inner_loop(sequences, initial_state, mask, training=training)
         sequences = self.dropped_sequence(sequences, training)
         if self.go_backwards:
@@ -160,40 +159,34 @@ class _BatchNormSequence(NormalizedRNN):
         return last_output, outputs, states
 
     def _batch_statistics_loop(self, sequences, input_slots, initial_state, mask, sample_mask, training):
-        """Training: the loop (fused where it can run), then one update of the population
-        statistics. Returns `(hs, final states without the counter)`.
+        """Training: the loop of the driver (`fused_loop`), then one update of the
+        population statistics. Returns `(hs, final states without the counter)`.
 
-        The fused loop normalizes the input term in the step (only `x·kernel` is computed
-        for all steps before it: the step's reductions over the batch are `(B, F)`, and
-        those over the batch axis of a `(B, T, F)` tensor, with their derivative, were
-        slower, docs/throughput.md). Elsewhere, and for a `synchronized` input term (its
-        all-reduce can't run inside the loop), the input term of all steps is normalized
-        before the loop (`input_sequence_term`)."""
+        The step normalizes the input term (only `x·kernel` is computed for all steps
+        before the loop: the step's reductions over the batch are `(B, F)`, and those over
+        the batch axis of a `(B, T, F)` tensor, with their derivative, were slower,
+        docs/throughput.md), except a `synchronized` one, whose all-reduce can't run
+        inside the loop: its input term is normalized before the loop
+        (`input_sequence_term`). The cell's step derivative runs where it applies
+        (`uses_fused_loop`); elsewhere (other activations, half precision, `unroll`) the
+        backend differentiates the same loop."""
         cell = self.cell
         weights = cell.step_weights()
-        fused = self.uses_fused_loop()
-        if fused and not cell.synchronized:
-            raw = ops.matmul(sequences, cell.kernel)
-            hs, last_states, statistics = self.fused_loop(
-                raw, initial_state[:-1], mask, training, cell.step_forward, cell.step_backward,
-                weights._replace(kernel=None),
-            )
-            states = list(last_states)
-            counted = ops.ones_like(raw[:, :, 0]) if sample_mask is None else sample_mask
+        backward = cell.step_backward if self.uses_fused_loop() else None
+        if cell.synchronized:
+            inputs, input_moments = cell.input_sequence_term(weights, sequences, sample_mask)
+            weights = weights._replace(kernel=None, input_gamma=None, bias=None)
+        else:
+            inputs = ops.matmul(sequences, cell.kernel)
+            weights = weights._replace(kernel=None)
+        hs, last_states, statistics = self.fused_loop(
+            inputs, initial_state[:-1], mask, training, cell.step_forward, backward, weights
+        )
+        if not cell.synchronized:
+            counted = ops.ones_like(inputs[:, :, 0]) if sample_mask is None else sample_mask
             count = ops.cast(ops.sum(counted, axis=0), statistics[0].dtype)
             input_moments = moments_from_variance(count, statistics[0], statistics[1])
             statistics = statistics[2:]
-        else:
-            term, input_moments = cell.input_sequence_term(weights, sequences, sample_mask)
-            weights = weights._replace(kernel=None, input_gamma=None, bias=None)
-            if fused:
-                hs, last_states, statistics = self.fused_loop(
-                    term, initial_state[:-1], mask, training, cell.step_forward, cell.step_backward,
-                    weights,
-                )
-                states = list(last_states)
-            else:
-                hs, states, statistics = self._generic_loop(term, initial_state, sample_mask, training, weights)
         # The moments after the loop: per term, (count, mean, M2) of every step.
         count = input_moments[0]
         moments = {"input": input_moments}
@@ -202,7 +195,7 @@ class _BatchNormSequence(NormalizedRNN):
         # Each sample's step goes to its own slot (samples of a stateful layer may carry
         # different counters); the statistics of a step are those of all its samples.
         cell.update_statistics(moments, slot_shares(input_slots, sample_mask, cell.max_timesteps))
-        return hs, states
+        return hs, list(last_states)
 
     def _population_loop(self, sequences, slots, states, mask, same_slots):
         """Inference, forward only (`forward_loop`: no residuals, no statistics gathered),
@@ -246,49 +239,6 @@ class _BatchNormSequence(NormalizedRNN):
             step_inputs += (ops.cast(mask[..., None], sequences.dtype),)
         hs, last = self.forward_loop(step_inputs, carried, None, forward, cell.step_weights())
         return hs, list(last[:n_states])
-
-    def _generic_loop(self, term, initial_state, sample_mask, training, weights):
-        """The recurrence over the cell's step in training, for what the fused loop doesn't
-        run (other activations or dtypes, `unroll`), as a `keras.ops.scan` whose carry
-        holds the states and the step's statistics (the TensorFlow scan returns values
-        shaped as its carry), differentiated by autodiff. `term`: every step's input term
-        (`weights` without its weights). Real steps come first: a padded step keeps the
-        state. Returns `(hs (B, T, U), final states without the counter, statistics)`,
-        statistics as the fused loop's: per term after the input's, the mean and variance
-        of every step, `(T, F)` each, float32."""
-        cell = self.cell
-        states = list(initial_state[:-1])
-        if sample_mask is None:
-            sample_mask = ops.ones(ops.shape(term)[:2], dtype="float32")
-            masked = False
-        else:
-            masked = True
-        # One tensor to scan over (the TensorFlow scan can't take several of unknown
-        # length): every step's input term, and its mask as one more column.
-        mask_column = ops.cast(ops.expand_dims(sample_mask, -1), term.dtype)
-        steps_in = ops.transpose(ops.concatenate([term, mask_column], -1), (1, 0, 2))
-        dtype = statistics_dtype(term)
-        statistics = []
-        for name in cell.normalized_terms[1:]:
-            width = cell.moving(name)[0].shape[-1]
-            statistics += [ops.zeros((width,), dtype=dtype)] * 2
-
-        def step(carry, inputs):
-            states, _ = carry
-            term_t, mask_t = inputs[:, :-1], inputs[:, -1:]
-            new_states, values = cell.run_step(
-                weights, term_t, states, training, mask=mask_t if masked else None
-            )
-            kept = [ops.where(mask_t > 0, new, old) for new, old in zip(new_states, states)]
-            values = [ops.cast(v, dtype) for v in values]
-            return (kept, values), (kept, values)
-
-        _, (all_states, all_statistics) = ops.scan(
-            step, (states, statistics), steps_in, unroll=self.unroll
-        )
-        hs = ops.transpose(all_states[0], (1, 0, 2))
-        final_states = [s[-1] for s in all_states]
-        return hs, final_states, tuple(ops.stop_gradient(v) for v in all_statistics)
 
     def _outputs_in_input_order(self, final_h, outputs, mask):
         """Keras's outputs for the original step order, from the loop over real steps
@@ -335,12 +285,11 @@ class BatchNormLSTM(_BatchNormSequence):
     - **one update per batch**: population statistics move once per batch, after the
       loop, on every backend (JAX included) and with no double move of slot 0;
     - **speed**: in training, `x·kernel` is computed for all steps before the loop,
-      and (TensorFlow or JAX, default activations, float32 or float64) the loop
-      normalizes it and runs the cell's step with their hand-written derivative
-      (`keras_recnorm.recurrence`; on torch a Python loop that autograd
-      differentiates). At inference (same backends and dtypes) a forward-only loop
-      reads each sample's population statistics; elsewhere (half precision, other
-      activations, `unroll`) it runs as `RNN(BatchNormLSTMCell)`.
+      and the loop (`keras_recnorm.recurrence`) normalizes it and runs the cell's step,
+      with its hand-written derivative on TensorFlow and JAX (default activations,
+      float32 or float64; elsewhere, and on torch, the backend differentiates the same
+      loop). At inference a forward-only loop reads each sample's population
+      statistics (every dtype and activation; with `unroll`, unrolled).
 
     Steps are counted per sample, over its real steps only: the statistics of slot t come
     from every sample's t-th real step, and at inference each sample reads the slots of
@@ -358,8 +307,7 @@ class BatchNormLSTM(_BatchNormSequence):
         max_timesteps: positive integer, the number of per-step statistics slots (see
             `BatchNormLSTMCell`).
         return_sequences, return_state, go_backwards, stateful, unroll, zero_output_for_mask: as
-            in `keras.layers.LSTM` (`unroll` runs the layer as
-            `keras.layers.RNN(BatchNormLSTMCell)`).
+            in `keras.layers.LSTM` (`unroll`: the loop unrolled, a fixed number of steps).
         **kwargs: every other argument of `BatchNormLSTMCell` (activations, initializers,
             regularizers, constraints, dropout, `epsilon`, ...) and the layer's own
             (`name`, `dtype`, `trainable`).
@@ -404,8 +352,7 @@ class BatchNormGRU(_BatchNormSequence):
         units: positive integer, dimensionality of the output space.
         max_timesteps: positive integer, the number of per-step statistics slots.
         return_sequences, return_state, go_backwards, stateful, unroll, zero_output_for_mask: as
-            in `keras.layers.GRU` (`unroll` runs the layer as
-            `keras.layers.RNN(BatchNormGRUCell)`).
+            in `keras.layers.GRU` (`unroll`: the loop unrolled, a fixed number of steps).
         **kwargs: every other argument of `BatchNormGRUCell` and the layer's own (`name`,
             `dtype`, `trainable`).
 
