@@ -234,8 +234,12 @@ def _tf_recurrence(steps, inputs, mask, initial_states, recurrent_mask, weights)
             values = saved_states + residuals + returned
             return t + 1, new, tuple(a.write(t, v) for a, v in zip(arrays, values))
 
+        # Differentiated by TensorFlow, under XLA the loop needs its bound (the gradient's
+        # stacks are fixed-size lists there).
+        bound = length if steps.backward is None else None
         _, last_states, arrays = tf.while_loop(
-            lambda t, *_: t < length, body, (tf.constant(1), states1, arrays)
+            lambda t, *_: t < length, body, (tf.constant(1), states1, arrays),
+            maximum_iterations=bound,
         )
         state_arrays, residual_arrays = arrays[:n_states], arrays[n_states : len(saved)]
         hs, *statistics = (a.stack() for a in arrays[len(saved) :])

@@ -536,6 +536,38 @@ def test_layer_without_step_derivative_equals_rnn_of_cell(kind, case, training, 
                                    atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("case", ["mixed_bfloat16", "other_activations", "unroll"])
+@pytest.mark.parametrize("kind", LAYERS)
+def test_train_on_batch_compiled_without_step_derivative(kind, case, rng, float32_policy_afterwards):
+    """`fit` compiles the training step (XLA on TensorFlow, `jax.jit`): where the step
+    derivative doesn't apply, the loop the backend differentiates compiles too (on
+    TensorFlow it needs its bound: this raised 'XLA compilation requires a fixed tensor
+    list size') and computes what the eager step computes: the same loss, and (BN) the
+    same moved statistics."""
+    options = {} if case == "mixed_bfloat16" else no_step_derivative_options(kind, case)
+    if case == "mixed_bfloat16":
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    x = rng.normal(0, 1, (B, T, D)).astype("float32")
+    y = rng.normal(0, 1, (B, 1)).astype("float32")
+    results, values = [], None
+    for compiled in (True, False):
+        model = keras.Sequential([keras.Input((T, D)), make_layer(kind, **options), keras.layers.Dense(1)])
+        if values is None:
+            randomize_weights(model.layers[0], rng)
+            values = model.get_weights()
+        model.set_weights(values)
+        model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse",
+                      jit_compile=compiled, run_eagerly=not compiled)
+        loss = model.train_on_batch(x, y)
+        results.append((loss, weights_by_name(model.layers[0])))
+    (loss, after), (want_loss, want_after) = results
+    assert np.isfinite(loss)
+    tolerance = 1e-2 if case == "mixed_bfloat16" else 1e-5
+    np.testing.assert_allclose(loss, want_loss, rtol=tolerance)
+    for name in want_after:
+        np.testing.assert_allclose(after[name], want_after[name], atol=tolerance, rtol=0, err_msg=name)
+
+
 @pytest.mark.parametrize("kind", LAYERS)
 def test_dropout_random_in_training_deterministic_in_inference(kind, rng):
     layer = make_layer(kind, dropout=0.3, recurrent_dropout=0.3)
