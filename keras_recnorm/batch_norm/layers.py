@@ -169,7 +169,8 @@ class _BatchNormSequence(NormalizedRNN):
         inside the loop: its input term is normalized before the loop
         (`input_sequence_term`). The cell's step derivative runs where it applies
         (`uses_fused_loop`); elsewhere (other activations, half precision, `unroll`) the
-        backend differentiates the same loop."""
+        backend differentiates the same loop (measured against the scan it replaced:
+        docs/throughput.md, "One path per mode")."""
         cell = self.cell
         weights = cell.step_weights()
         backward = cell.step_backward if self.uses_fused_loop() else None
