@@ -422,7 +422,8 @@ class NormalizedRNN(keras.layers.RNN):
         """The recurrence over the step inputs `(B, T, F)` with the step's hand-written
         derivative (`keras_recnorm.recurrence`), from the state tuple `states` (`h` first;
         the LSTM: `(h, c)`, the GRU: `(h,)`). `forward`, `backward` and `weights`: the
-        step protocol's (`keras_recnorm.steps`). Returns `(hs, last_states, statistics)`:
+        step protocol's (`keras_recnorm.steps`); `backward` `None`: the backend
+        differentiates the loop. Returns `(hs, last_states, statistics)`:
         the `h` state after every step `(B, T, U)` (a padded step keeps the states), the
         state tuple after the last step, and the step's statistics, time-major."""
         recurrent_mask = self.cell.get_recurrent_dropout_mask(states[0]) if training else None
