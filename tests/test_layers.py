@@ -510,17 +510,10 @@ def test_layer_without_step_derivative_equals_rnn_of_cell(kind, case, training, 
     if kind in BN:
         layer.calls.clear()
     if training and keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        results = []
-        for each in (layer, reference_rnn):
-            inputs = tf.constant(x)
-            with tf.GradientTape() as tape:
-                tape.watch(inputs)
-                outputs = each(inputs, training=True)
-                loss = tf.reduce_sum(outputs[0] * tf.sin(tf.range(U, dtype=tf.float32)))
-            results.append((outputs, tape.gradient(loss, [inputs] + each.trainable_weights)))
-        (got, gradients), (want, want_gradients) = results
+        weigh = lambda outputs: ops.sum(outputs[0] * ops.sin(ops.arange(U, dtype="float32")))  # noqa: E731
+        (got, gradients), (want, want_gradients) = (
+            outputs_and_gradients(each, x, None, weigh) for each in (layer, reference_rnn)
+        )
         for a, b in zip(gradients, want_gradients):
             np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-5, rtol=1e-5)
     else:

@@ -238,7 +238,7 @@ class BatchNormCell(NormalizedCell):
             for term in self.normalized_terms
         )
 
-    def update_statistics(self, moments, slots):
+    def update_statistics(self, moments, slots, step=None):
         """Moves the population statistics of every term towards this batch's
         (`moving_average_update`: the batch's moments merged into the old statistics).
 
@@ -252,6 +252,8 @@ class BatchNormCell(NormalizedCell):
             slots: int `(K,)`, the slot of each step; or `(K, max_timesteps)`, the share
                 of each step's samples at each slot (`slot_shares`: samples at
                 different steps of their own).
+            step: the step counter of a one-step call (inside `keras.layers.RNN`), for a
+                `collecting_batch_statistics` scope; `None` for a whole sequence.
         """
         # Under a tf.distribute strategy every replica gets the global batch's moments
         # (a synchronized input term has them already), so each applies the same update
@@ -264,7 +266,7 @@ class BatchNormCell(NormalizedCell):
         }
         collection = current_batch_statistics_collection()
         if collection is not None:
-            collection.add(self, moments, slots)
+            collection.add(self, moments, slots, step=step)
             return
         for term, term_moments in moments.items():
             moving_mean, moving_variance = self.moving(term)
@@ -318,12 +320,9 @@ class BatchNormCell(NormalizedCell):
             # The slot of the furthest counter: masked samples' counters are held, but
             # the cell, which never sees the mask, has them in its statistics anyway.
             slot = ops.reshape(ops.max(slots, initial=0), (1,))
-            collection = current_batch_statistics_collection()
-            if collection is not None:
-                # The counter tells Keras's extra calls before the loop from real steps.
-                collection.add(self, moments, slot, step=ops.max(steps))
-            else:
-                self.update_statistics(moments, slot)
+            # The counter tells a collection Keras's extra calls before the loop from real
+            # steps.
+            self.update_statistics(moments, slot, step=ops.max(steps))
         return new_states[0], new_states + [steps + 1]
 
     def get_config(self):
