@@ -120,11 +120,15 @@ def _python_loop(steps, inputs, mask, states, weights, recurrent_mask):
     with `unroll` the graph holds every step). `inputs` a time-major tensor or tuple of
     them. Returns what each step returns (`h'`, then the statistics) and the final
     states."""
-    nested = isinstance(inputs, tuple)
+    # The steps' inputs unstacked, not sliced: the gradient of a slice `inputs[t]` is a
+    # whole `(T, B, F)` tensor for every step, that of an unstack one stack.
+    if isinstance(inputs, tuple):
+        step_inputs = list(zip(*(keras.ops.unstack(a, axis=0) for a in inputs)))
+    else:
+        step_inputs = keras.ops.unstack(inputs, axis=0)
+    step_masks = [None] * len(step_inputs) if mask is None else keras.ops.unstack(mask, axis=0)
     returned = []
-    for t in range((inputs[0] if nested else inputs).shape[0]):
-        x = tuple(a[t] for a in inputs) if nested else inputs[t]
-        m = None if mask is None else mask[t]
+    for x, m in zip(step_inputs, step_masks):
         states, _, step_returned = steps.advance(weights, x, states, m, recurrent_mask)
         returned.append(step_returned)
     return returned, states
@@ -217,9 +221,16 @@ def _tf_recurrence(steps, inputs, mask, initial_states, recurrent_mask, weights)
     def run(inputs, *states_and_weights):
         states0, weights = states_and_weights[:n_states], states_and_weights[n_states:]
         length = tf.shape(inputs)[0]
+        input_at = inputs.__getitem__
+        if steps.backward is None:
+            # TensorFlow differentiates the loop: the gradient of a slice `inputs[t]` is a
+            # whole `(T, B, F)` tensor at every step, that of a TensorArray read one step's
+            # (with the step derivative the slice measured faster: docs/throughput.md).
+            input_steps = tf.TensorArray(inputs.dtype, size=length, element_shape=inputs.shape[1:])
+            input_at = input_steps.unstack(inputs).read
         # Step 0 outside the loop: it tells how many residuals and statistics there are.
         states1, (saved_states, residuals), returned = steps.advance(
-            weights, inputs[0], states0, step_mask(0), recurrent_mask
+            weights, input_at(0), states0, step_mask(0), recurrent_mask
         )
         saved = saved_states + residuals
         arrays = tuple(
@@ -229,7 +240,7 @@ def _tf_recurrence(steps, inputs, mask, initial_states, recurrent_mask, weights)
 
         def body(t, states, arrays):
             new, (saved_states, residuals), returned = steps.advance(
-                weights, inputs[t], states, step_mask(t), recurrent_mask
+                weights, input_at(t), states, step_mask(t), recurrent_mask
             )
             values = saved_states + residuals + returned
             return t + 1, new, tuple(a.write(t, v) for a, v in zip(arrays, values))
