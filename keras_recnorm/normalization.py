@@ -266,6 +266,17 @@ def _standardized(x, mean, variance, epsilon):
     return (ops.cast(x, dtype) - ops.cast(mean, dtype)) * rstd, rstd
 
 
+def normalizer_with(mean, variance, gamma, epsilon):
+    """Batch normalization with given statistics (the population's at inference) as one
+    scale per feature: `γ·(a − μ)/sqrt(σ² + ε) + β = (a − μ)·scale + β`,
+    `scale = γ·rsqrt(σ² + ε)` (as `keras.layers.BatchNormalization` folds γ at inference;
+    the deviation is still taken first, so a term far from zero keeps its precision).
+    Returns `(mean, scale)` in the statistics' dtype, broadcasting as `mean`: computed
+    once per slot before a loop, it leaves the step one subtraction and one product per
+    term (docs/throughput.md, "BN inference")."""
+    return mean, ops.cast(gamma, variance.dtype) * ops.rsqrt(variance + epsilon)
+
+
 def step_slots(steps, max_timesteps):
     """Integer statistics slot of each step: `min(t, max_timesteps - 1)` (Cooijmans et al.
     2016, sec. 4: beyond T_max the statistics of T_max are used)."""

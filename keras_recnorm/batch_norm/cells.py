@@ -29,8 +29,8 @@ from keras_recnorm.normalization import (
     moments_from_variance,
     moments_variance,
     moving_average_update,
+    normalizer_with,
     replicas_in_sync,
-    standardize_with,
     statistics_dtype,
     step_slots,
 )
@@ -157,26 +157,27 @@ class BatchNormCell(NormalizedCell):
         gathering = current_batch_statistics_collection() is not None
         return (bool(training) or gathering) and self.trainable
 
-    def standardize(self, x, mask, population):
-        """`(x̂, rstd, mean, variance)` of one step's term `x (B, F)`: with the batch's
-        statistics over the samples whose `mask (B, 1)` is 1 (all, for `None`) when
-        `population` is `None`, else with `population = (mean, variance)`, broadcasting
-        against `x`."""
-        if population is None:
-            return batch_standardize(x, self.epsilon, mask)
-        mean, variance = population
-        return (*standardize_with(x, mean, variance, self.epsilon), mean, variance)
-
     def batch_norm(self, a, gamma, beta, mask, population):
         """`BN_t(a; γ, β) = γ·x̂ + β`, the expression of every batch-normalized term (β
-        `None`: no shift), with the statistics `standardize` takes; in float32 under half
-        precision, cast back. Returns `(BN_t(a), x̂, rstd, (mean, variance))`."""
+        `None`: no shift) of one step's `a (B, F)`; in float32 under half precision, cast
+        back. With `population` `None`, x̂ is standardized with the batch's statistics
+        over the samples whose `mask (B, 1)` is 1 (all, for `None`): returns `(BN_t(a),
+        x̂, rstd, (mean, variance))`. Else `population` is the term's
+        `normalizer_with` `(mean, scale)` (γ in the scale), broadcasting against
+        `a`: returns `(BN_t(a), None, None, ())`."""
         dtype = statistics_dtype(a)
-        x_hat, rstd, mean, variance = self.standardize(ops.cast(a, dtype), mask, population)
-        normalized = ops.cast(gamma, dtype) * x_hat
+        term = ops.cast(a, dtype)
+        if population is None:
+            x_hat, rstd, mean, variance = batch_standardize(term, self.epsilon, mask)
+            normalized, statistics = ops.cast(gamma, dtype) * x_hat, (mean, variance)
+        else:
+            mean, scale = population
+            normalized = (term - ops.cast(mean, dtype)) * ops.cast(scale, dtype)
+            x_hat = rstd = None
+            statistics = ()
         if beta is not None:
             normalized = normalized + ops.cast(beta, dtype)
-        return ops.cast(normalized, a.dtype), x_hat, rstd, (mean, variance)
+        return ops.cast(normalized, a.dtype), x_hat, rstd, statistics
 
     def input_term(self, weights, x, mask, population):
         """The input term `BN_t(x·kernel; input_gamma) + bias` of one step, as every step
@@ -226,17 +227,24 @@ class BatchNormCell(NormalizedCell):
         moments = batch_moments(raw, mask)
         if self.synchronized:
             moments = cross_replica_moments(moments)
-        statistics = (moments[1], moments_variance(moments))
-        term, _, _, _ = self.input_term(weights._replace(kernel=None), raw, None, statistics)
+        normalizer = normalizer_with(
+            moments[1], moments_variance(moments), weights.input_gamma, self.epsilon
+        )
+        term, _, _, _ = self.input_term(weights._replace(kernel=None), raw, None, normalizer)
         return term, moments
 
-    def population(self, slots):
-        """The step's `population`: per normalized term, the population statistics
-        `(mean, variance)` of each sample's slot, `slots (B,)`."""
-        return tuple(
-            tuple(ops.take(v, slots, axis=0) for v in self.moving(term))
-            for term in self.normalized_terms
-        )
+    def population(self, slots=None):
+        """The step's `population`: per normalized term, the `normalizer_with`
+        `(mean, scale)` of each sample's slot, `slots (B,)`, or of every slot
+        `(max_timesteps, F)` for `None`."""
+        normalizers = []
+        for term in self.normalized_terms:
+            mean, variance = self.moving(term)
+            if slots is not None:
+                mean, variance = ops.take(mean, slots, axis=0), ops.take(variance, slots, axis=0)
+            gamma = getattr(self, f"{term}_gamma")
+            normalizers.append(normalizer_with(mean, variance, gamma, self.epsilon))
+        return tuple(normalizers)
 
     def update_statistics(self, moments, slots, step=None):
         """Moves the population statistics of every term towards this batch's

@@ -210,7 +210,7 @@ class _BatchNormSequence(NormalizedRNN):
         (docs/throughput.md)."""
         cell = self.cell
         n_states = len(states)
-        tables = [ops.copy(v) for term in cell.normalized_terms for v in cell.moving(term)]
+        tables = [table for normalizer in cell.population() for table in normalizer]
         # `same_slots`: every sample started at 0, and real steps come first: all read
         # the same slot.
         # Padded steps come last: a sample's rows held there are never used again.
@@ -223,7 +223,7 @@ class _BatchNormSequence(NormalizedRNN):
             x, slots_next, *mask_t = step_inputs
             mask_t = mask_t[0] if mask_t else None
             states, rows = carried[:n_states], carried[n_states:]
-            population = tuple(zip(rows[::2], rows[1::2]))  # per term, (mean, variance)
+            population = tuple(zip(rows[::2], rows[1::2]))  # per term, (mean, scale)
             new_states, residuals, statistics = cell.step_forward(
                 weights, x, h_in, states, mask_t, population, forward_only=True
             )
