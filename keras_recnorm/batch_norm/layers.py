@@ -204,8 +204,9 @@ class _BatchNormSequence(NormalizedRNN):
         each loop step. Returns `(hs, final states without the counter)`.
 
         Each step projects and normalizes its own input (the hoisted `(B, T, 4U)` input
-        term measured slower) and gathers each sample's population statistics for the
-        next step, carried as extra states: gathered in the step that uses them, XLA on
+        term measured slower) and gathers each sample's rows of the population tables
+        for the next step (per term, mean and scale, `cell.population()`: γ folded in
+        once per call, not per step), carried as extra states: gathered in the step that uses them, XLA on
         CPU fuses the gather into every consumer and recomputes it there
         (docs/throughput.md)."""
         cell = self.cell
