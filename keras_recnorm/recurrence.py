@@ -221,13 +221,16 @@ def _tf_recurrence(steps, inputs, mask, initial_states, recurrent_mask, weights)
     def run(inputs, *states_and_weights):
         states0, weights = states_and_weights[:n_states], states_and_weights[n_states:]
         length = tf.shape(inputs)[0]
-        input_at = inputs.__getitem__
         if steps.backward is None:
             # TensorFlow differentiates the loop: the gradient of a slice `inputs[t]` is a
             # whole `(T, B, F)` tensor at every step, that of a TensorArray read one step's
             # (with the step derivative the slice measured faster: docs/throughput.md).
             input_steps = tf.TensorArray(inputs.dtype, size=length, element_shape=inputs.shape[1:])
             input_at = input_steps.unstack(inputs).read
+        else:
+            def input_at(t):
+                return inputs[t]
+
         # Step 0 outside the loop: it tells how many residuals and statistics there are.
         states1, (saved_states, residuals), returned = steps.advance(
             weights, input_at(0), states0, step_mask(0), recurrent_mask

@@ -206,9 +206,9 @@ class _BatchNormSequence(NormalizedRNN):
         Each step projects and normalizes its own input (the hoisted `(B, T, 4U)` input
         term measured slower) and gathers each sample's rows of the population tables
         for the next step (per term, mean and scale, `cell.population()`: γ folded in
-        once per call, not per step), carried as extra states: gathered in the step that uses them, XLA on
-        CPU fuses the gather into every consumer and recomputes it there
-        (docs/throughput.md)."""
+        once per call, not per step), carried as extra states: gathered in the step
+        that uses them, XLA on CPU fuses the gather into every consumer and recomputes
+        it there (docs/throughput.md)."""
         cell = self.cell
         n_states = len(states)
         tables = [table for normalizer in cell.population() for table in normalizer]
